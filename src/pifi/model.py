@@ -1,0 +1,109 @@
+"""The classifiers: an SLM alone (``base``) or with one frozen LLM layer plugged in (PiFi).
+
+    text -> SLM encoder -> CLS state -> [Linear(d_slm -> d_llm, no bias) -> frozen LLM layer
+         -> Linear(d_llm -> d_slm, no bias)] -> Linear(d, d) -> Dropout -> GELU -> Linear(d, C)
+
+The bracketed part is PiFi's; ``base`` skips it. A checkpoint holds every tensor except the frozen
+layer, which is rebuilt from the LLM it came from (recorded in the model spec).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel
+
+from pifi.plugged_layer import PluggedDecoderLayer, build_plugged_layer
+
+FROZEN_PREFIX = "plug."
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild a classifier; saved beside its checkpoint as JSON."""
+
+    method: str
+    slm_path: str
+    num_labels: int
+    dropout: float = 0.2
+    llm_path: str | None = None
+    llm_layer: int | None = None
+    max_length: int = 100
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class PiFiClassifier(nn.Module):
+    def __init__(self, encoder: nn.Module, num_labels: int, dropout: float,
+                 plug: PluggedDecoderLayer | None = None, llm_hidden: int | None = None):
+        super().__init__()
+        d = encoder.config.hidden_size
+        self.encoder = encoder
+        self.plug = plug
+        if plug is not None:
+            self.to_llm = nn.Linear(d, llm_hidden, bias=False)
+            self.from_llm = nn.Linear(llm_hidden, d, bias=False)
+        self.head = nn.Sequential(nn.Linear(d, d), nn.Dropout(dropout), nn.GELU(), nn.Linear(d, num_labels))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        states = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+        pooled = states[:, 0]
+        if self.plug is not None:
+            pooled = self.from_llm(self.plug(self.to_llm(pooled)))
+        return self.head(pooled)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state dict without the frozen layer (it is rebuilt from its LLM)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(FROZEN_PREFIX)}
+
+
+def _load_encoder(slm_path: str, *, pretrained: bool) -> nn.Module:
+    if pretrained:
+        encoder = AutoModel.from_pretrained(slm_path)
+    else:
+        encoder = AutoModel.from_config(AutoConfig.from_pretrained(slm_path))
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None  # PiFi reads the CLS state; an unused pooler would only inflate the count
+    return encoder
+
+
+def build_classifier(spec: ModelSpec, *, pretrained: bool = True) -> PiFiClassifier:
+    """Build the classifier of ``spec``; with ``pretrained=False`` the SLM gets only its architecture
+    (for loading a checkpoint), while the plugged layer always comes from the LLM's weights."""
+    encoder = _load_encoder(spec.slm_path, pretrained=pretrained)
+    plug, llm_hidden = None, None
+    if spec.llm_path is not None:
+        plug = build_plugged_layer(spec.llm_path, spec.llm_layer)
+        llm_hidden = AutoConfig.from_pretrained(spec.llm_path).hidden_size
+    return PiFiClassifier(encoder, spec.num_labels, spec.dropout, plug, llm_hidden)
+
+
+def load_classifier(spec: ModelSpec, state: dict[str, torch.Tensor]) -> PiFiClassifier:
+    """Rebuild a trained classifier from its spec and checkpoint tensors, checking every name and shape."""
+    model = build_classifier(spec, pretrained=False)
+    expected = model.trainable_state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape:
+            raise ValueError(f"checkpoint tensor {name} has shape {tuple(tensor.shape)}, "
+                             f"model expects {tuple(expected[name].shape)}")
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable_params": trainable, "total_params": total}
+
+
+def spec_path_for(checkpoint: str | Path) -> Path:
+    return Path(checkpoint).with_name("model.json")

@@ -1,0 +1,12 @@
+rule prepare_model:
+    output:
+        manifest="results/models/{model}/model.json",
+    log:
+        "results/logs/models/{model}.log",
+    params:
+        spec=model_spec,
+        code=code_version("prepare_model.py", "model_sources"),
+    conda:
+        "../../envs/pifi.yaml"
+    script:
+        "../scripts/prepare_model.py"

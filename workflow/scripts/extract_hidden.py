@@ -1,0 +1,30 @@
+"""One forward pass of the LLM over the selection samples, keeping every layer's pooled state."""
+
+import time
+
+import pandas as pd
+
+from pifi.artifacts import write_parquet
+from pifi.data import stratified_sample
+from pifi.hidden import load_llm_for_states, pooled_layer_states, save_states
+from pifi.job import job_device, start_job
+from pifi.model_sources import ModelRef
+
+log = start_job(snakemake)
+device = job_device(snakemake)
+p = snakemake.params
+source = pd.read_parquet(snakemake.input.samples_from)
+samples = stratified_sample(source, p.n_samples, p.seed,
+                            where=f"dataset {snakemake.wildcards.dataset!r} ({snakemake.input.samples_from})")
+if samples["row_id"].str.startswith("test").any():  # cannot happen by construction; refuse loudly if it does
+    raise RuntimeError("selection samples include test rows")
+llm = ModelRef.from_manifest(snakemake.input.llm)
+model, tokenizer = load_llm_for_states(llm.path, device=device)
+texts = samples["text"] if "text_pair" not in samples else samples["text"] + " " + samples["text_pair"]
+started = time.perf_counter()
+states = pooled_layer_states(model, tokenizer, texts.tolist(), max_length=p.max_length,
+                             batch_size=p.batch_size, device=device)
+log.info("pooled states %s in %.1f s on %s", tuple(states.shape), time.perf_counter() - started, device)
+save_states(snakemake.output.states, states, samples["label"].to_numpy(),
+            metadata={"llm": llm.name, "dataset": snakemake.wildcards.dataset})
+write_parquet(snakemake.output.samples, samples[["row_id", "label"]])

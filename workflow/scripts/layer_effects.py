@@ -1,0 +1,19 @@
+"""The PC-patching effect of every decoder layer, in the seed experiment's JSON format."""
+
+from pifi.artifacts import write_json
+from pifi.hidden import load_states
+from pifi.job import start_job
+from pifi.selection import effects_report, load_pcas, patching_effect
+
+log = start_job(snakemake)
+p, wc = snakemake.params, snakemake.wildcards
+states, labels = load_states(snakemake.input.states)
+pcas = load_pcas(snakemake.input.pca)
+effects = [patching_effect(x, labels, pca, top_pc=p.top_pc, lambdas=p.lambdas) for x, pca in zip(states, pcas)]
+report = effects_report(
+    effects, dataset=wc.dataset, slm_type=wc.slm, llm_type=wc.llm, n_samples=len(labels),
+    n_pcs=pcas[0].components.shape[0], top_pc=p.top_pc, seed=p.seed, lambdas=list(p.lambdas),
+    sample_split=p.split,
+)
+log.info("effects %s; best layer %d", report["effects"], report["best_llm_layer"])
+write_json(snakemake.output.effects, report)
