@@ -22,7 +22,10 @@ def start_job(snakemake) -> logging.Logger:
         sys.stderr = handle
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    log.info("rule %s, wildcards %s", snakemake.rule, dict(snakemake.wildcards.items()))
+    # As many CPU threads as the rule was given: parallel jobs must not oversubscribe the cores.
+    torch.set_num_threads(max(1, int(snakemake.threads)))
+    log.info("rule %s, wildcards %s, threads %d", snakemake.rule, dict(snakemake.wildcards.items()),
+             torch.get_num_threads())
     return log
 
 

@@ -5,28 +5,20 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-
-validate(config, schema="../schemas/config.schema.yaml")
+from pifi.config import check_config_keys, check_run_names
 
 REPO = Path(workflow.basedir)
 LIBRARY = REPO / "src" / "pifi"
 SCRIPTS = REPO / "workflow" / "scripts"
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+check_config_keys(config, SCHEMA)  # unknown keys first, named plainly
+validate(config, schema=str(SCHEMA))  # types, ranges, defaults
+check_run_names(config)
+
 RUN = config["run"]
 PIFI_METHODS = ("pifi_last", "pifi_ilm")
 
-
-def check_run_names():
-    """Every name in `run` must exist in its registry; say which and what is allowed."""
-    for key, registry in (("datasets", "datasets"), ("slms", "models"), ("llms", "models")):
-        for name in RUN[key]:
-            if name not in config[registry]:
-                raise ValueError(
-                    f"config run.{key}: unknown {registry[:-1]} {name!r}; "
-                    f"define it under `{registry}:` or use one of {sorted(config[registry])}"
-                )
-
-
-check_run_names()
 
 wildcard_constraints:
     dataset="|".join(map(re.escape, config["datasets"])),

