@@ -2,7 +2,8 @@
 
 They are small, seeded and deterministic, and labelled as demo data wherever they appear. They
 are not benchmarks: they exist to run the whole pipeline offline on real pretrained models.
-Negations and a little label noise keep them from being solvable by one keyword.
+Negations, "X but Y" contrasts (the clause after "but" decides) and a little label noise keep
+them from being solvable by one keyword.
 """
 
 from __future__ import annotations
@@ -49,8 +50,16 @@ _TOPIC_FRAMES = ["{who} {did}.", "yesterday {who} {did}.", "people said {who} {d
                  "according to the news, {who} {did}."]
 
 
+def _contrast_row(rng: random.Random, label: int) -> str:
+    first, second = rng.sample(_SUBJECTS, 2)
+    decisive, other = (_POSITIVE, _NEGATIVE) if label == 1 else (_NEGATIVE, _POSITIVE)
+    return f"{first} was {rng.choice(other)}, but {second} was {rng.choice(decisive)}."
+
+
 def _sentiment_row(rng: random.Random) -> tuple[str, int]:
     label = rng.randrange(2)
+    if rng.random() < 0.3:
+        return _contrast_row(rng, label), label
     negated = rng.random() < 0.3
     # A negated positive adjective reads as negative, and vice versa.
     words = _POSITIVE if (label == 1) != negated else _NEGATIVE

@@ -10,8 +10,6 @@ layer, which is rebuilt from the LLM it came from (recorded in the model spec).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
-
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel
@@ -103,7 +101,3 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"trainable_params": trainable, "total_params": total}
-
-
-def spec_path_for(checkpoint: str | Path) -> Path:
-    return Path(checkpoint).with_name("model.json")
