@@ -14,6 +14,16 @@ import torch
 # Words of the separable toy task used by the training tests (must be in the tiny tokenizer's vocab).
 POSITIVE_WORD, NEGATIVE_WORD = "good", "bad"
 FILLER_WORDS = ["the", "film", "story", "was", "really", "quite", "cast", "plot", "very", "and"]
+# A fixed corpus for the tiny word tokenizer (not the demo data, which may change): its vocabulary, and so
+# the tiny models' shapes and random weights, stay the same from run to run.
+VOCABULARY_TEXTS = [
+    " ".join([POSITIVE_WORD, NEGATIVE_WORD, *FILLER_WORDS]),
+    "honestly, the story felt wonderful from start to finish and i would say so again.",
+    "if you ask me the cast is charming, the plot is gripping and the ending was beautiful.",
+    "the film was dull. the plot was boring. nobody could call the acting clumsy.",
+    "i thought the soundtrack was superb. yesterday the chef baked fresh bread.",
+    "the referee missed a penalty. the researchers measured the particle's mass.",
+]
 
 
 @pytest.fixture(scope="session")
@@ -21,12 +31,8 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """A 2-layer BERT (hidden 32) and a 3-layer Llama (hidden 48, GQA 4/2 heads) sharing a word tokenizer."""
     from tiny_project import write_tiny_models
 
-    from pifi.demo_data import demo_splits
-
-    texts = demo_splits("sentiment")["train"]["text"].tolist() + demo_splits("topic")["train"]["text"].tolist()
-    texts += [" ".join([POSITIVE_WORD, NEGATIVE_WORD, *FILLER_WORDS])] * 5
     torch.manual_seed(1234)
-    return write_tiny_models(tmp_path_factory.mktemp("tiny"), texts)
+    return write_tiny_models(tmp_path_factory.mktemp("tiny"), VOCABULARY_TEXTS)
 
 
 @pytest.fixture(scope="session")

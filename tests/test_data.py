@@ -189,9 +189,6 @@ def test_stratified_sample_returns_exactly_n_stratified_and_seeded():
     assert stratified_sample(frame, 40, seed=1)["row_id"].tolist() != sample["row_id"].tolist()
 
 
-@pytest.mark.xfail(reason="BUG: stratified_sample leaves len(frame) - n rows to sklearn's test side, which must "
-                          "hold one row per class: 199 of 200 rows with 4 classes raises sklearn's raw ValueError",
-                   strict=True)
 def test_stratified_sample_of_almost_every_row():
     frame = pd.DataFrame({"row_id": [f"train-{i:06d}" for i in range(200)], "text": ["t"] * 200,
                           "label": [i % 4 for i in range(200)]})

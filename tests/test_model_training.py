@@ -17,7 +17,7 @@ from pifi.model import FROZEN_PREFIX, ModelSpec, build_classifier, count_paramet
 from pifi.training import TrainingConfig, encode_frame, make_loader, predict_proba, train_classifier
 
 SLM_HIDDEN, LLM_HIDDEN = 32, 48  # the tiny BERT and tiny Llama of conftest.py
-EPOCHS = 6
+EPOCHS = 8
 
 
 def separable_frame(n: int, seed: int, prefix: str) -> pd.DataFrame:

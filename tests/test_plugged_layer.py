@@ -231,5 +231,25 @@ def test_misshaped_layer_tensor_is_refused(tmp_path, tiny_llama_dir):
     config = json.loads((target / "config.json").read_text())
     config["intermediate_size"] = 80
     (target / "config.json").write_text(json.dumps(config))
-    with pytest.raises(PluggedLayerError, match=r"mlp\.\w+_proj\.weight.*\(96, 48\)|\(48, 96\)"):
+    with pytest.raises(PluggedLayerError, match=r"tensor mlp\.\w+_proj\.weight: checkpoint shape "
+                                                r"\((?:96, 48|48, 96)\) != model shape \((?:80, 48|48, 80)\)"):
         build_plugged_layer(target, 0)
+
+
+def test_multimodal_checkpoint_takes_the_language_models_layer(tmp_path):
+    from safetensors import safe_open
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    torch.manual_seed(9)
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                       image_size=16, patch_size=8),
+        text_config=LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                num_key_value_heads=2, intermediate_size=64),
+        image_token_index=5)
+    LlavaForConditionalGeneration(config).save_pretrained(tmp_path / "llava")
+    with safe_open(str(tmp_path / "llava" / "model.safetensors"), framework="pt") as handle:
+        [name] = [n for n in handle.keys() if re.search(r"language_model\..*layers\.1\.self_attn\.q_proj\.weight$", n)]
+        expected = handle.get_tensor(name)
+    plugged = build_plugged_layer(tmp_path / "llava", 1)
+    torch.testing.assert_close(plugged.layer.self_attn.q_proj.weight, expected)

@@ -101,6 +101,18 @@ def test_effects_with_other_settings_match_the_reference():
         reference_effects(states, labels, **kwargs), abs=1e-12)
 
 
+@pytest.mark.parametrize("lambdas", [(1.5, 0.5), (1.0, 0.0), (-1.0,), (-1.0, 1.0)])
+def test_lambda_order_and_the_floor_at_zero_match_the_reference(lambdas):
+    """The effect is the max over lambdas whatever their order, and never negative (a negative lambda
+    strengthens the label PCs, which can only help the probe)."""
+    states, labels = make_layers(2, seed=9)
+    effects = pc_patching_effects(states, labels, lambdas=lambdas)
+    assert effects == pytest.approx(reference_effects(states, labels, lambdas=lambdas), abs=1e-12)
+    assert min(effects) >= 0.0
+    if lambdas == (1.0, 0.0):
+        assert effects[SIGNAL_LAYER] > 0.3  # from lambda 1.0, although the last lambda removes nothing
+
+
 def test_effect_is_the_max_over_lambdas_of_the_floored_drop():
     states, labels = make_layers(2, seed=3)
     for result in layer_effects(states, labels):

@@ -121,10 +121,10 @@ def test_markdown_report_without_selections_has_no_selection_table(metrics_files
 
 
 def test_selection_without_a_runner_up_shows_a_dash(tmp_path, metrics_files):
-    """A one-layer LLM has no runner-up: the margin reads '-' rather than 'nan'."""
+    """A one-layer LLM has no runner-up: runner-up and margin read "-" rather than None or nan."""
     path = tmp_path / "selection.json"
     write_json(path, {"dataset": "sst2", "slm": "tiny_bert", "llm": "one_layer", "selector": "ilm_pc_patching",
                       "layer": 0, "effect": 0.25, "runner_up_layer": None, "margin": None,
                       "last_layer_effect": 0.25, "num_layers": 1})
     report = markdown_report(summarize_runs(metrics_files), selections_table([path]))
-    assert "| sst2 | tiny_bert | one_layer | ilm_pc_patching | 0 | 0.2500 | None | - | 0.2500 | 1 |" in report
+    assert "| sst2 | tiny_bert | one_layer | ilm_pc_patching | 0 | 0.2500 | - | - | 0.2500 | 1 |" in report

@@ -169,14 +169,24 @@ def prepare_splits(
 
 
 def stratified_sample(frame: pd.DataFrame, n: int, seed: int, *, where: str = "") -> pd.DataFrame:
-    """Draw ``n`` rows stratified by label (seeded); error if the frame has fewer rows."""
+    """Draw ``n`` rows stratified by label (seeded); error if the frame has fewer rows.
+
+    Each class gets its share of ``n`` rounded by largest remainder (never more rows than it has),
+    so any ``n`` up to the frame's size works, unlike sklearn's split which needs a leftover row
+    per class. Rows keep their order in the frame.
+    """
     if len(frame) < n:
         raise DatasetError(f"{where}: n_samples is {n} but only {len(frame)} rows are available; "
                            f"lower selection.n_samples to at most {len(frame)}")
-    if n == len(frame):
-        return frame.reset_index(drop=True)
-    sample, _ = train_test_split(frame, train_size=n, random_state=seed, stratify=frame["label"])
-    return sample.reset_index(drop=True)
+    counts = frame["label"].value_counts().sort_index()
+    exact = counts * (n / len(frame))
+    quota = exact.astype(int)
+    remainder = (exact - quota).sort_values(ascending=False, kind="stable")
+    for label in remainder.index[: n - int(quota.sum())]:
+        quota[label] += 1
+    picked = [group.sample(n=int(quota[label]), random_state=seed)
+              for label, group in frame.groupby("label", sort=True)]
+    return pd.concat(picked).sort_index().reset_index(drop=True)
 
 
 def cap_rows(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:

@@ -16,9 +16,10 @@ from tqdm.auto import tqdm
 
 def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Mean over the sequence of ``hidden`` (B x T x H), counting only tokens where the mask is 1."""
-    mask = attention_mask.to(torch.float32).unsqueeze(-1)
-    summed = (hidden.to(torch.float32) * mask).sum(dim=1)
-    return summed / mask.sum(dim=1).clamp(min=1.0)
+    keep = attention_mask.bool().unsqueeze(-1)
+    # masked_fill, not a product: inf * 0 would turn an overflowed pad position into NaN.
+    summed = hidden.to(torch.float32).masked_fill(~keep, 0.0).sum(dim=1)
+    return summed / keep.sum(dim=1).clamp(min=1).to(torch.float32)
 
 
 @torch.inference_mode()

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel
 
-from pifi.plugged_layer import PluggedDecoderLayer, build_plugged_layer
+from pifi.plugged_layer import PluggedDecoderLayer, build_plugged_layer, text_config
 
 FROZEN_PREFIX = "plug."
 
@@ -78,7 +78,7 @@ def build_classifier(spec: ModelSpec, *, pretrained: bool = True) -> PiFiClassif
     plug, llm_hidden = None, None
     if spec.llm_path is not None:
         plug = build_plugged_layer(spec.llm_path, spec.llm_layer)
-        llm_hidden = AutoConfig.from_pretrained(spec.llm_path).hidden_size
+        llm_hidden = text_config(spec.llm_path).hidden_size
     return PiFiClassifier(encoder, spec.num_labels, spec.dropout, plug, llm_hidden)
 
 

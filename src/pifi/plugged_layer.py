@@ -33,19 +33,43 @@ def _weight_files(model_dir: Path) -> list[Path]:
     return files
 
 
-def read_layer_tensors(model_dir: str | Path, layer: int) -> dict[str, torch.Tensor]:
-    """Read the tensors of decoder layer ``layer`` (names relative to the layer) and nothing else."""
-    # "model.layers.3.mlp.up_proj.weight" or "layers.3.mlp..." but never "layers.13."
-    pattern = re.compile(rf"^(?:.*\.)?layers\.{layer}\.(.+)$")
-    tensors: dict[str, torch.Tensor] = {}
+def read_layer_tensors(model_dir: str | Path, layer: int,
+                       expected: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """Read the tensors of decoder layer ``layer`` (names relative to the layer) and nothing else.
+
+    Checkpoints name them ``model.layers.3.mlp.up_proj.weight`` or ``layers.3...``; a multimodal
+    checkpoint also has e.g. ``vision_tower.encoder.layers.3...``. Names are grouped by the prefix
+    before ``layers.{layer}.`` and, given ``expected`` (the layer's own state-dict names), the one
+    group that matches it is read; names are listed from the headers, so nothing else is loaded.
+    """
+    pattern = re.compile(rf"^(.*\.)?layers\.{layer}\.(.+)$")  # never matches "layers.13." for layer 1
+    groups: dict[str, dict[str, tuple[Path, str]]] = {}
     for path in _weight_files(Path(model_dir)):
         with safe_open(str(path), framework="pt") as handle:
             for name in handle.keys():
                 match = pattern.match(name)
                 if match:
-                    tensors[match.group(1)] = handle.get_tensor(name)
-    if not tensors:
+                    groups.setdefault(match.group(1) or "", {})[match.group(2)] = (path, name)
+    if not groups:
         raise PluggedLayerError(f"no tensors for decoder layer {layer} in {model_dir}")
+    if expected is not None:
+        fitting = [prefix for prefix, names in groups.items() if set(names) == expected]
+        if len(fitting) != 1:
+            raise PluggedLayerError(
+                f"decoder layer {layer} of {model_dir}: expected tensors {sorted(expected)}; "
+                f"found groups {({p or '<root>': sorted(n) for p, n in groups.items()})}")
+        chosen = groups[fitting[0]]
+    elif len(groups) == 1:
+        chosen = next(iter(groups.values()))
+    else:
+        raise PluggedLayerError(f"several modules have a layer {layer} in {model_dir}: "
+                                f"{sorted(groups)}; pass the expected tensor names")
+    tensors: dict[str, torch.Tensor] = {}
+    for path in sorted({path for path, _ in chosen.values()}):
+        with safe_open(str(path), framework="pt") as handle:
+            for relative, (file, name) in chosen.items():
+                if file == path:
+                    tensors[relative] = handle.get_tensor(name)
     return tensors
 
 
@@ -76,12 +100,17 @@ class PluggedDecoderLayer(nn.Module):
         return out[:, 0]
 
 
+def text_config(model_dir: str | Path, *, trust_remote_code: bool = False):
+    """The language model's config (the ``text_config`` of a multimodal checkpoint)."""
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    return getattr(config, "text_config", None) or config
+
+
 def build_plugged_layer(model_dir: str | Path, layer: int, *, trust_remote_code: bool = False,
                         attn_implementation: str = "sdpa") -> PluggedDecoderLayer:
     """Build decoder layer ``layer`` of the LLM in ``model_dir``, frozen, from its tensors alone."""
     model_dir = Path(model_dir)
-    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-    config = getattr(config, "text_config", None) or config
+    config = text_config(model_dir, trust_remote_code=trust_remote_code)
     depth = config.num_hidden_layers
     if not 0 <= layer < depth:
         raise PluggedLayerError(f"layer {layer} is out of range: {model_dir.name} has {depth} decoder layers "
@@ -96,10 +125,7 @@ def build_plugged_layer(model_dir: str | Path, layer: int, *, trust_remote_code:
     with torch.device("meta"):
         block = type(layers[layer])(config, layer)
     expected = block.state_dict()
-    tensors = read_layer_tensors(model_dir, layer)
-    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise PluggedLayerError(f"layer {layer} of {model_dir}: missing tensors {missing}, unexpected {unexpected}")
+    tensors = read_layer_tensors(model_dir, layer, set(expected))
     for name, tensor in tensors.items():
         if tensor.shape != expected[name].shape:
             raise PluggedLayerError(f"layer {layer} tensor {name}: checkpoint shape {tuple(tensor.shape)} "

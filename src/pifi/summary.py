@@ -68,7 +68,8 @@ def markdown_report(table: pd.DataFrame, selections: pd.DataFrame) -> str:
                   "| dataset | SLM | LLM | selector | layer | effect | runner-up | margin | last-layer effect | layers |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for s in selections.itertuples():
-            margin = "-" if s.margin is None or pd.isna(s.margin) else f"{s.margin:.4f}"
+            margin = "-" if pd.isna(s.margin) else f"{s.margin:.4f}"
+            runner_up = "-" if pd.isna(s.runner_up_layer) else int(s.runner_up_layer)
             lines.append(f"| {s.dataset} | {s.slm} | {s.llm} | {s.selector} | {s.layer} | {s.effect:.4f} | "
-                         f"{s.runner_up_layer} | {margin} | {s.last_layer_effect:.4f} | {s.num_layers} |")
+                         f"{runner_up} | {margin} | {s.last_layer_effect:.4f} | {s.num_layers} |")
     return "\n".join(lines) + "\n"

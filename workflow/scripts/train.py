@@ -7,7 +7,7 @@ from pifi.data import cap_rows
 from pifi.job import job_device, start_job
 from pifi.model import ModelSpec, build_classifier, count_parameters
 from pifi.model_sources import ModelRef
-from pifi.training import TrainingConfig, train_classifier
+from pifi.training import TrainingConfig, seed_everything, train_classifier
 
 log = start_job(snakemake)
 device = job_device(snakemake)
@@ -25,6 +25,7 @@ if method != "base":
 slm = ModelRef.from_manifest(inp.slm)
 spec = ModelSpec(method=method, slm_path=str(slm.path), num_labels=read_json(inp.info)["num_labels"],
                  dropout=t["dropout"], llm_path=llm_path, llm_layer=layer, max_length=t["max_length"])
+seed_everything(seed)  # the new head and projections start from the run's seed
 model = build_classifier(spec)
 params = count_parameters(model)
 log.info("parameters: %s", params)
