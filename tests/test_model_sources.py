@@ -47,7 +47,7 @@ def test_unknown_source_is_refused(tmp_path):
 def test_describe_model_reads_depth_and_width(tiny_llama_dir, tiny_bert_dir, tiny_qwen2_dir):
     llama = describe_model("tiny_llama", tiny_llama_dir)
     assert llama == {"name": "tiny_llama", "path": str(tiny_llama_dir), "model_type": "llama",
-                     "num_layers": 3, "hidden_size": 48}
+                     "num_layers": 3, "hidden_size": 48, "trust_remote_code": False}
     assert describe_model("bert", tiny_bert_dir)["num_layers"] == 2
     qwen = describe_model("qwen", tiny_qwen2_dir)
     assert (qwen["model_type"], qwen["num_layers"], qwen["hidden_size"]) == ("qwen2", 3, 32)

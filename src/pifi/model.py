@@ -30,6 +30,8 @@ class ModelSpec:
     llm_path: str | None = None
     llm_layer: int | None = None
     max_length: int = 100
+    slm_trust_remote_code: bool = False
+    llm_trust_remote_code: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,11 +63,12 @@ class PiFiClassifier(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith(FROZEN_PREFIX)}
 
 
-def _load_encoder(slm_path: str, *, pretrained: bool) -> nn.Module:
+def _load_encoder(slm_path: str, *, pretrained: bool, trust_remote_code: bool) -> nn.Module:
     if pretrained:
-        encoder = AutoModel.from_pretrained(slm_path)
+        encoder = AutoModel.from_pretrained(slm_path, trust_remote_code=trust_remote_code)
     else:
-        encoder = AutoModel.from_config(AutoConfig.from_pretrained(slm_path))
+        config = AutoConfig.from_pretrained(slm_path, trust_remote_code=trust_remote_code)
+        encoder = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
     if getattr(encoder, "pooler", None) is not None:
         encoder.pooler = None  # PiFi reads the CLS state; an unused pooler would only inflate the count
     return encoder
@@ -74,11 +77,11 @@ def _load_encoder(slm_path: str, *, pretrained: bool) -> nn.Module:
 def build_classifier(spec: ModelSpec, *, pretrained: bool = True) -> PiFiClassifier:
     """Build the classifier of ``spec``; with ``pretrained=False`` the SLM gets only its architecture
     (for loading a checkpoint), while the plugged layer always comes from the LLM's weights."""
-    encoder = _load_encoder(spec.slm_path, pretrained=pretrained)
+    encoder = _load_encoder(spec.slm_path, pretrained=pretrained, trust_remote_code=spec.slm_trust_remote_code)
     plug, llm_hidden = None, None
     if spec.llm_path is not None:
-        plug = build_plugged_layer(spec.llm_path, spec.llm_layer)
-        llm_hidden = text_config(spec.llm_path).hidden_size
+        plug = build_plugged_layer(spec.llm_path, spec.llm_layer, trust_remote_code=spec.llm_trust_remote_code)
+        llm_hidden = text_config(spec.llm_path, trust_remote_code=spec.llm_trust_remote_code).hidden_size
     return PiFiClassifier(encoder, spec.num_labels, spec.dropout, plug, llm_hidden)
 
 

@@ -40,11 +40,13 @@ class ModelRef:
     model_type: str
     num_layers: int
     hidden_size: int
+    trust_remote_code: bool = False
 
     @classmethod
     def from_manifest(cls, manifest_path: str | Path) -> "ModelRef":
         m = read_json(manifest_path)
-        return cls(m["name"], Path(m["path"]), m["model_type"], m["num_layers"], m["hidden_size"])
+        return cls(m["name"], Path(m["path"]), m["model_type"], m["num_layers"], m["hidden_size"],
+                   m.get("trust_remote_code", False))
 
     def check_layer(self, layer: int) -> int:
         """Return ``layer`` if it indexes one of the decoder layers, else say the depth."""
@@ -130,5 +132,6 @@ def describe_model(name: str, path: Path, *, trust_remote_code: bool = False) ->
         "model_type": config.model_type,
         "num_layers": int(config.num_hidden_layers),
         "hidden_size": int(config.hidden_size),
+        "trust_remote_code": trust_remote_code,
     }
 

@@ -7,9 +7,9 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,11 @@ class TrainingConfig:
     grad_clip: float = 5.0
     eval_batch_size: int = 64
     seed: int = 0
+
+    @classmethod
+    def from_config(cls, training: Mapping, seed: int) -> "TrainingConfig":
+        """The loop's settings from the config's `training` section (other keys belong elsewhere)."""
+        return cls(**{f.name: training[f.name] for f in fields(cls) if f.name in training}, seed=seed)
 
 
 @dataclass

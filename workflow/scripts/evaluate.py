@@ -17,7 +17,7 @@ inp, p = snakemake.input, snakemake.params
 saved = read_json(inp.spec)
 spec = ModelSpec(**saved["model"])
 model = load_classifier(spec, load_file(inp.checkpoint)).to(device)
-tokenizer = AutoTokenizer.from_pretrained(spec.slm_path)
+tokenizer = AutoTokenizer.from_pretrained(spec.slm_path, trust_remote_code=spec.slm_trust_remote_code)
 test = cap_rows(pd.read_parquet(inp.test), p.max_eval_samples, seed=0)
 loader = make_loader(tokenizer, encode_frame(tokenizer, test, spec.max_length), p.eval_batch_size, shuffle=False)
 probabilities = predict_proba(model, loader, device, progress=True)

@@ -19,7 +19,7 @@ samples = stratified_sample(source, p.n_samples, p.seed,
 if samples["row_id"].str.startswith("test").any():  # cannot happen by construction; refuse loudly if it does
     raise RuntimeError("selection samples include test rows")
 llm = ModelRef.from_manifest(snakemake.input.llm)
-model, tokenizer = load_llm_for_states(llm.path, device=device)
+model, tokenizer = load_llm_for_states(llm.path, device=device, trust_remote_code=llm.trust_remote_code)
 texts = samples["text"] if "text_pair" not in samples else samples["text"] + " " + samples["text_pair"]
 started = time.perf_counter()
 states = pooled_layer_states(model, tokenizer, texts.tolist(), max_length=p.max_length,

@@ -1,6 +1,7 @@
 """Fine-tune one classifier (base, or PiFi with the last or the selected LLM layer) and save it."""
 
 import pandas as pd
+from transformers import AutoTokenizer
 
 from pifi.artifacts import read_json, write_json, write_safetensors
 from pifi.data import cap_rows
@@ -14,30 +15,27 @@ device = job_device(snakemake)
 wc, inp, t = snakemake.wildcards, snakemake.input, snakemake.params.training
 method, seed = wc.get("method", "base"), int(wc.seed)
 
-llm_path, layer = None, None
+llm_path, layer, llm_remote_code = None, None, False
 if method != "base":
     llm = ModelRef.from_manifest(inp.llm)
     layer = read_json(inp.selection)["layer"] if method == "pifi_ilm" else llm.num_layers - 1
-    llm_path = str(llm.path)
+    llm_path, llm_remote_code = str(llm.path), llm.trust_remote_code
     llm.check_layer(layer)
     log.info("plugging layer %d of %s (%d layers)", layer, llm.name, llm.num_layers)
 
 slm = ModelRef.from_manifest(inp.slm)
 spec = ModelSpec(method=method, slm_path=str(slm.path), num_labels=read_json(inp.info)["num_labels"],
-                 dropout=t["dropout"], llm_path=llm_path, llm_layer=layer, max_length=t["max_length"])
+                 dropout=t["dropout"], llm_path=llm_path, llm_layer=layer, max_length=t["max_length"],
+                 slm_trust_remote_code=slm.trust_remote_code, llm_trust_remote_code=llm_remote_code)
 seed_everything(seed)  # the new head and projections start from the run's seed
 model = build_classifier(spec)
 params = count_parameters(model)
 log.info("parameters: %s", params)
 
-from transformers import AutoTokenizer  # noqa: E402  (after logging is set up)
-
-tokenizer = AutoTokenizer.from_pretrained(slm.path)
+tokenizer = AutoTokenizer.from_pretrained(slm.path, trust_remote_code=slm.trust_remote_code)
 train = cap_rows(pd.read_parquet(inp.train), t["max_train_samples"], seed)
 validation = cap_rows(pd.read_parquet(inp.validation), t["max_eval_samples"], seed)
-cfg = TrainingConfig(learning_rate=t["learning_rate"], batch_size=t["batch_size"], epochs=t["epochs"],
-                     max_length=t["max_length"], label_smoothing=t["label_smoothing"], grad_clip=t["grad_clip"],
-                     eval_batch_size=t["eval_batch_size"], seed=seed)
+cfg = TrainingConfig.from_config(t, seed)
 log.info("training on %d rows, validating on %d, device %s", len(train), len(validation), device)
 result = train_classifier(model, tokenizer, train, validation, cfg, device)
 
