@@ -271,3 +271,28 @@ def test_effects_report_starts_with_the_seed_keys_in_order():
     assert selection["effect"] == report["effects"][SIGNAL_LAYER]
     assert selection["last_layer_effect"] == report["effects"][-1]
     assert (selection["dataset"], selection["slm"], selection["llm"]) == ("sst2", "bert", "qwen")
+
+
+def test_selection_stability_win_rates():
+    """A layer that carries the label wins on every subset; win rates are shares that sum to 1."""
+    from pifi.selection import selection_stability
+
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 2, size=120)
+    states = rng.normal(size=(4, 120, 24))
+    states[2, :, :3] += 3.0 * labels[:, None]  # only layer 2 encodes the label
+    result = selection_stability(states, labels, n_pcs=6, top_pc=2, resamples=6, fraction=0.75, seed=3)
+    assert result["valid_draws"] == 6
+    assert result["win_rate"] == pytest.approx([0.0, 0.0, 1.0, 0.0])
+    again = selection_stability(states, labels, n_pcs=6, top_pc=2, resamples=6, fraction=0.75, seed=3)
+    assert again == result
+
+
+def test_selection_stability_reaches_the_selection_file():
+    from pifi.selection import select_from_report
+
+    report = {"dataset": "d", "slm_type": "s", "llm_type": "l", "effects": [0.1, 0.3, 0.2],
+              "stability": {"win_rate": [0.2, 0.5, 0.3]}}
+    assert select_from_report(report)["win_rate"] == 0.5
+    del report["stability"]
+    assert select_from_report(report)["win_rate"] is None

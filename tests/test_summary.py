@@ -45,11 +45,11 @@ def metrics_files(tmp_path):
 @pytest.fixture
 def selection_files(tmp_path):
     files = []
-    for dataset, layer, runner_up, margin in (("sst2", 1, 2, 0.0125), ("topics", 0, 1, 0.0)):
+    for dataset, layer, runner_up, margin, win_rate in (("sst2", 1, 2, 0.0125, 0.7), ("topics", 0, 1, 0.0, None)):
         path = tmp_path / "selection" / dataset / "selection.json"
         write_json(path, {"dataset": dataset, "slm": "tiny_bert", "llm": "tiny_llama", "selector": "ilm_pc_patching",
                           "layer": layer, "effect": 0.25, "runner_up_layer": runner_up,
-                          "margin": margin, "last_layer_effect": 0.1, "num_layers": 3})
+                          "margin": margin, "win_rate": win_rate, "last_layer_effect": 0.1, "num_layers": 3})
         files.append(path)
     return files
 
@@ -107,7 +107,8 @@ def test_markdown_report_has_a_row_per_dataset_and_method_and_the_selection_tabl
     selection_lines = [line for line in lines if "ilm_pc_patching" in line]
     assert len(selection_lines) == 2
     assert selection_lines[0].startswith("| sst2 | tiny_bert | tiny_llama | ilm_pc_patching | 1 | 0.2500 | 2 | 0.0125 |")
-    assert selection_lines[1].endswith("| 0 | 0.2500 | 1 | 0.0000 | 0.1000 | 3 |")
+    assert selection_lines[0].endswith("| 0.0125 | 70% | 0.1000 | 3 |")
+    assert selection_lines[1].endswith("| 0 | 0.2500 | 1 | 0.0000 | - | 0.1000 | 3 |")  # no stability measured
     # base rows come before the PiFi rows of their dataset
     assert report.index("| sst2 | tiny_bert | - | base |") < report.index("| sst2 | tiny_bert | tiny_llama | pifi_last |")
 
@@ -127,4 +128,4 @@ def test_selection_without_a_runner_up_shows_a_dash(tmp_path, metrics_files):
                       "layer": 0, "effect": 0.25, "runner_up_layer": None, "margin": None,
                       "last_layer_effect": 0.25, "num_layers": 1})
     report = markdown_report(summarize_runs(metrics_files), selections_table([path]))
-    assert "| sst2 | tiny_bert | one_layer | ilm_pc_patching | 0 | 0.2500 | - | - | 0.2500 | 1 |" in report
+    assert "| sst2 | tiny_bert | one_layer | ilm_pc_patching | 0 | 0.2500 | - | - | - | 0.2500 | 1 |" in report

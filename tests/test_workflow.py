@@ -85,8 +85,10 @@ def test_effects_file_has_the_seed_format(project):
         for effect in report["effects"]:
             assert abs(effect * n_samples - round(effect * n_samples)) < 1e-9
         assert report["best_llm_layer"] == max(range(LLM_LAYERS), key=lambda l: (report["effects"][l], -l))
+        assert sum(report["stability"]["win_rate"]) == pytest.approx(1.0)
         selection = json.loads(path.with_name("selection.json").read_text())
         assert selection["layer"] == report["best_llm_layer"]
+        assert selection["win_rate"] == report["stability"]["win_rate"][selection["layer"]]
 
 
 def test_selection_samples_never_come_from_test(project):

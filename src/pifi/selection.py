@@ -198,4 +198,34 @@ def select_from_report(report: dict) -> dict:
         "selector": SELECTOR, "layer": layer, "effect": effects[layer],
         **selection_margin(effects),
         "last_layer_effect": effects[-1], "num_layers": len(effects),
+        # Share of resampled selections this layer won (None when stability was not measured).
+        "win_rate": report["stability"]["win_rate"][layer] if "stability" in report else None,
     }
+
+
+def selection_stability(
+    states: np.ndarray | Sequence[np.ndarray], labels: np.ndarray | Sequence[int], *,
+    n_pcs: int = 16, top_pc: int = 5, lambdas: Sequence[float] = (0.5, 1.0),
+    resamples: int = 10, fraction: float = 0.8, seed: int = 0,
+) -> dict:
+    """How often each layer wins when the selection is redone on random subsets of the samples.
+
+    The winning layer often beats the runner-up by a few rows; a layer that wins on most subsets
+    is a choice, one that wins on few is a coin toss. Returns per-layer win rates over
+    ``resamples`` draws of ``fraction`` of the rows (without replacement, seeded).
+    """
+    layers = _as_layers(states)
+    labels = np.asarray(labels)
+    wins = np.zeros(len(layers), dtype=int)
+    rng = np.random.default_rng(seed)
+    size = max(2, int(round(fraction * len(labels))))
+    for _ in range(resamples):
+        rows = np.sort(rng.choice(len(labels), size=size, replace=False))
+        if len(np.unique(labels[rows])) < 2:
+            continue  # a one-class subset cannot train the probe
+        effects = pc_patching_effects([layer[rows] for layer in layers], labels[rows],
+                                      n_pcs=n_pcs, top_pc=top_pc, lambdas=lambdas)
+        wins[best_layer(effects)] += 1
+    draws = int(wins.sum())
+    return {"resamples": resamples, "fraction": fraction, "seed": seed, "valid_draws": draws,
+            "win_rate": (wins / draws).tolist() if draws else [0.0] * len(layers)}

@@ -41,7 +41,8 @@ def selections_table(selection_files: Sequence[str | Path]) -> pd.DataFrame:
     for path in selection_files:
         s = read_json(path)
         rows.append({k: s.get(k) for k in ("dataset", "slm", "llm", "selector", "layer", "effect",
-                                            "runner_up_layer", "margin", "last_layer_effect", "num_layers")})
+                                            "runner_up_layer", "margin", "win_rate", "last_layer_effect",
+                                            "num_layers")})
     return pd.DataFrame(rows)
 
 
@@ -64,12 +65,15 @@ def markdown_report(table: pd.DataFrame, selections: pd.DataFrame) -> str:
     if not selections.empty:
         lines += ["", "## Layer selection", "",
                   "Effects are probe-accuracy drops on the selection samples. A small margin over the runner-up "
-                  "means the choice is fragile: it can move with the draw of samples.", "",
-                  "| dataset | SLM | LLM | selector | layer | effect | runner-up | margin | last-layer effect | layers |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "means the choice is fragile: it can move with the draw of samples. The win rate is how often "
+                  "the layer also wins when the selection is redone on random subsets of the samples.", "",
+                  "| dataset | SLM | LLM | selector | layer | effect | runner-up | margin | win rate | last-layer effect "
+                  "| layers |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for s in selections.itertuples():
             margin = "-" if pd.isna(s.margin) else f"{s.margin:.4f}"
             runner_up = "-" if pd.isna(s.runner_up_layer) else int(s.runner_up_layer)
+            win_rate = "-" if pd.isna(s.win_rate) else f"{100 * s.win_rate:.0f}%"
             lines.append(f"| {s.dataset} | {s.slm} | {s.llm} | {s.selector} | {s.layer} | {s.effect:.4f} | "
-                         f"{runner_up} | {margin} | {s.last_layer_effect:.4f} | {s.num_layers} |")
+                         f"{runner_up} | {margin} | {win_rate} | {s.last_layer_effect:.4f} | {s.num_layers} |")
     return "\n".join(lines) + "\n"

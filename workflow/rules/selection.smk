@@ -28,6 +28,8 @@ rule layer_effects:
         lambdas=config["selection"]["lambdas"],
         split=config["selection"]["split"],
         seed=config["selection"]["seed"],
+        stability_resamples=config["selection"]["stability_resamples"],
+        stability_fraction=config["selection"]["stability_fraction"],
         code=code_version("layer_effects.py", "selection"),
     conda:
         "../../envs/pifi.yaml"

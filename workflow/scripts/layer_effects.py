@@ -3,7 +3,7 @@
 from pifi.artifacts import write_json
 from pifi.hidden import load_states
 from pifi.job import start_job
-from pifi.selection import effects_report, load_pcas, patching_effect
+from pifi.selection import effects_report, load_pcas, patching_effect, selection_stability
 
 log = start_job(snakemake)
 p, wc = snakemake.params, snakemake.wildcards
@@ -15,5 +15,10 @@ report = effects_report(
     n_pcs=pcas[0].components.shape[0], top_pc=p.top_pc, seed=p.seed, lambdas=list(p.lambdas),
     sample_split=p.split,
 )
+if p.stability_resamples:
+    report["stability"] = selection_stability(
+        states, labels, n_pcs=report["n_pcs"], top_pc=p.top_pc, lambdas=p.lambdas,
+        resamples=p.stability_resamples, fraction=p.stability_fraction, seed=p.seed)
+    log.info("stability: layer win rates %s", report["stability"]["win_rate"])
 log.info("effects %s; best layer %d", report["effects"], report["best_llm_layer"])
 write_json(snakemake.output.effects, report)
