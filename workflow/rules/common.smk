@@ -1,5 +1,6 @@
 # Helpers shared by the rules: config validation, the run matrix, and code versions.
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -11,6 +12,8 @@ REPO = Path(workflow.basedir)
 LIBRARY = REPO / "src" / "pifi"
 SCRIPTS = REPO / "workflow" / "scripts"
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+# envs/pifi.yaml installs the library from here (--sdm conda).
+os.environ.setdefault("PIFI_REPO", str(REPO))
 
 check_config_keys(config, SCHEMA)  # unknown keys first, named plainly
 validate(config, schema=str(SCHEMA))  # types, ranges, defaults
