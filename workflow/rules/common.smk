@@ -7,6 +7,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from pifi.config import check_config_keys, check_run_names
+from pifi.provenance import code_fingerprint
 
 REPO = Path(workflow.basedir)
 LIBRARY = REPO / "src" / "pifi"
@@ -33,17 +34,13 @@ wildcard_constraints:
     run=r"[^/]+/[^/]+/.+/seed\d+",
 
 
-def code_version(script, *modules):
-    """Content hash of a rule's script and the library modules it uses.
+def code_version(script):
+    """Content hash of a rule's script and every library module it imports (pifi.provenance).
 
     Passed as a param, so editing the code re-runs the rule (params trigger) while touching a
     file without changing it re-runs nothing (profiles/default drops the mtime-based code trigger).
     """
-    digest = hashlib.sha256()
-    for path in [SCRIPTS / script, *(LIBRARY / f"{m}.py" for m in ("artifacts", "job", *modules))]:
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+    return code_fingerprint(SCRIPTS / script, LIBRARY)
 
 
 def dataset_spec(wildcards):

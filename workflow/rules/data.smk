@@ -10,7 +10,7 @@ rule prepare_data:
         spec=dataset_spec,
         validation_fraction=config["data"]["validation_fraction"],
         seed=config["data"]["seed"],
-        code=code_version("prepare_data.py", "data", "demo_data"),
+        code=code_version("prepare_data.py"),
     conda:
         "../../envs/pifi.yaml"
     script:

@@ -13,7 +13,7 @@ rule evaluate:
         max_eval_samples=config["training"]["max_eval_samples"],
         eval_batch_size=config["training"]["eval_batch_size"],
         device=config["device"],
-        code=code_version("evaluate.py", "evaluation", "model", "plugged_layer", "training", "data", "gpu"),
+        code=code_version("evaluate.py"),
     resources:
         gpu=1,
     conda:

@@ -13,7 +13,7 @@ rule extract_hidden:
         batch_size=config["selection"]["batch_size"],
         seed=config["selection"]["seed"],
         device=config["device"],
-        code=code_version("extract_hidden.py", "hidden", "data", "gpu", "model_sources"),
+        code=code_version("extract_hidden.py"),
     resources:
         gpu=1,
     conda:

@@ -5,7 +5,7 @@ rule prepare_model:
         "results/logs/models/{model}.log",
     params:
         spec=model_spec,
-        code=code_version("prepare_model.py", "model_sources"),
+        code=code_version("prepare_model.py"),
     conda:
         "../../envs/pifi.yaml"
     script:

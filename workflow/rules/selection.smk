@@ -7,7 +7,7 @@ rule fit_pca:
         "results/logs/pca/{dataset}/{llm}.log",
     params:
         n_pcs=config["selection"]["n_pcs"],
-        code=code_version("fit_pca.py", "selection"),
+        code=code_version("fit_pca.py"),
     conda:
         "../../envs/pifi.yaml"
     script:
@@ -30,7 +30,7 @@ rule layer_effects:
         seed=config["selection"]["seed"],
         stability_resamples=config["selection"]["stability_resamples"],
         stability_fraction=config["selection"]["stability_fraction"],
-        code=code_version("layer_effects.py", "selection"),
+        code=code_version("layer_effects.py"),
     conda:
         "../../envs/pifi.yaml"
     script:
@@ -45,7 +45,7 @@ rule select_layer:
     log:
         "results/logs/selection/{dataset}/{slm}/{llm}/selection.log",
     params:
-        code=code_version("select_layer.py", "selection"),
+        code=code_version("select_layer.py"),
     conda:
         "../../envs/pifi.yaml"
     script:

@@ -8,7 +8,7 @@ rule summarize:
     log:
         "results/logs/summary.log",
     params:
-        code=code_version("summarize.py", "summary"),
+        code=code_version("summarize.py"),
     conda:
         "../../envs/pifi.yaml"
     script:

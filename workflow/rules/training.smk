@@ -2,7 +2,7 @@
 TRAINING_PARAMS = dict(
     training=config["training"],
     device=config["device"],
-    code=code_version("train.py", "training", "model", "plugged_layer", "evaluation", "data", "gpu"),
+    code=code_version("train.py"),
 )
 
 
