@@ -296,3 +296,12 @@ def test_hub_failure_names_the_dataset_and_suggests_a_local_directory(fake_hub):
     spec = {**SST2_HUB, "name": "someone/missing"}
     with pytest.raises(DatasetError, match=r"'someone/missing'.*local directory"):
         prepare_splits("missing", spec)
+
+
+def test_check_disjoint_refuses_shared_rows():
+    from pifi.data import check_disjoint
+
+    a = pd.DataFrame({"row_id": ["train-000001", "train-000002"]})
+    check_disjoint(a, pd.DataFrame({"row_id": ["test-000001"]}), "selection samples", "test")
+    with pytest.raises(DatasetError, match=r"selection samples include 1 test row\(s\), e.g. \['train-000002'\]"):
+        check_disjoint(a, pd.DataFrame({"row_id": ["train-000002"]}), "selection samples", "test")

@@ -189,6 +189,13 @@ def stratified_sample(frame: pd.DataFrame, n: int, seed: int, *, where: str = ""
     return pd.concat(picked).sort_index().reset_index(drop=True)
 
 
+def check_disjoint(rows: pd.DataFrame, other: pd.DataFrame, what: str, other_name: str) -> None:
+    """Refuse rows that also appear (by row id) in another split, e.g. selection samples in test."""
+    shared = set(rows["row_id"]) & set(other["row_id"])
+    if shared:
+        raise DatasetError(f"{what} include {len(shared)} {other_name} row(s), e.g. {sorted(shared)[:3]}")
+
+
 def cap_rows(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
     """The first ``limit`` rows of a seeded shuffle (``max_train_samples``-style knobs for tiny runs)."""
     if limit is None or limit >= len(frame):

@@ -1,6 +1,7 @@
 rule extract_hidden:
     input:
         samples_from=f"results/data/{{dataset}}/{config['selection']['split']}.parquet",
+        test="results/data/{dataset}/test.parquet",  # only to prove no sample is a test row
         llm=llm_manifest,
     output:
         states="results/hidden/{dataset}/{llm}/states.safetensors",

@@ -5,7 +5,7 @@ import time
 import pandas as pd
 
 from pifi.artifacts import write_parquet
-from pifi.data import stratified_sample
+from pifi.data import check_disjoint, stratified_sample
 from pifi.hidden import load_llm_for_states, pooled_layer_states, save_states
 from pifi.job import job_device, start_job
 from pifi.model_sources import ModelRef
@@ -16,8 +16,7 @@ p = snakemake.params
 source = pd.read_parquet(snakemake.input.samples_from)
 samples = stratified_sample(source, p.n_samples, p.seed,
                             where=f"dataset {snakemake.wildcards.dataset!r} ({snakemake.input.samples_from})")
-if samples["row_id"].str.startswith("test").any():  # cannot happen by construction; refuse loudly if it does
-    raise RuntimeError("selection samples include test rows")
+check_disjoint(samples, pd.read_parquet(snakemake.input.test, columns=["row_id"]), "selection samples", "test")
 llm = ModelRef.from_manifest(snakemake.input.llm)
 model, tokenizer = load_llm_for_states(llm.path, device=device, trust_remote_code=llm.trust_remote_code)
 texts = samples["text"] if "text_pair" not in samples else samples["text"] + " " + samples["text_pair"]
