@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -83,8 +83,3 @@ def write_safetensors(
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=dict(metadata or {}))
 
-
-def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
-    """Atomically write ``path`` with a callable that writes to the path it is given."""
-    with atomic_path(path) as tmp:
-        writer(tmp)
