@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,25 +77,26 @@ class SafeOpenSpy:
         return Handle()
 
 
+def _saved_llama(tmp_path_factory, name: str, seed: int, save_kwargs: dict | None = None, **config) -> Path:
+    torch.manual_seed(seed)
+    path = tmp_path_factory.mktemp(name) / "llama"
+    LlamaForCausalLM(LlamaConfig(**config)).save_pretrained(path, **(save_kwargs or {}))
+    return path
+
+
 @pytest.fixture(scope="module")
 def sharded_llama_dir(tmp_path_factory):
-    torch.manual_seed(7)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64))
-    path = tmp_path_factory.mktemp("sharded") / "llama"
-    model.save_pretrained(path, max_shard_size="20KB")
-    return path
+    return _saved_llama(tmp_path_factory, "sharded", 7, {"max_shard_size": "20KB"}, vocab_size=64, hidden_size=32,
+                        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+                        max_position_embeddings=64)
 
 
 @pytest.fixture(scope="module")
 def deep_llama_dir(tmp_path_factory):
     """14 decoder layers (hidden 8), so that layer 1's name prefix is also a prefix of layer 13's."""
-    torch.manual_seed(8)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=8, num_hidden_layers=14, num_attention_heads=2,
-                                         num_key_value_heads=1, intermediate_size=16, max_position_embeddings=32))
-    path = tmp_path_factory.mktemp("deep") / "llama14"
-    model.save_pretrained(path)
-    return path
+    return _saved_llama(tmp_path_factory, "deep", 8, vocab_size=16, hidden_size=8, num_hidden_layers=14,
+                        num_attention_heads=2, num_key_value_heads=1, intermediate_size=16,
+                        max_position_embeddings=32)
 
 
 MODEL_DIRS = ["tiny_llama_dir", "tiny_qwen2_dir"]
