@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
 
+from pifi import model_sources
 from pifi.artifacts import write_json
-from pifi.model_sources import ModelRef, ModelSourceError, describe_model, package_dir, resolve_model_dir
+from pifi.model_sources import (
+    LOAD_KWARGS,
+    ModelRef,
+    ModelSourceError,
+    check_model_name,
+    describe_model,
+    package_dir,
+    resolve_model_dir,
+)
 
 
 def test_local_directory_resolves_to_itself(tmp_path, tiny_llama_dir):
@@ -127,3 +139,193 @@ def test_hub_download_asks_for_safe_files_only(tmp_path, monkeypatch, tiny_llama
     assert resolve_model_dir("qwen", spec, work_dir=tmp_path) == Path(tiny_llama_dir)
     assert asked["repo_id"] == "Qwen/Qwen2-0.5B" and asked["revision"] == "abc123"
     assert "*.safetensors" in asked["patterns"] and not any(p.endswith((".bin", ".pt", ".pkl")) for p in asked["patterns"])
+
+
+# --- only safetensors, and only complete ones ------------------------------------------------------------
+
+def _model_dir_with(tmp_path: Path, source_dir: Path, files: dict[str, bytes]) -> Path:
+    """A model directory with ``source_dir``'s config.json and the given weight files."""
+    target = tmp_path / "model"
+    target.mkdir()
+    shutil.copy(source_dir / "config.json", target / "config.json")
+    for name, content in files.items():
+        (target / name).write_bytes(content)
+    return target
+
+
+def _local(path: Path) -> dict:
+    return {"source": "local", "path": str(path)}
+
+
+def test_pickle_beside_a_dummy_safetensors_file_is_refused_naming_the_file(tmp_path, tiny_llama_dir):
+    target = _model_dir_with(tmp_path, tiny_llama_dir, {"pytorch_model.bin": b"pickle", "model.safetensors": b"dummy"})
+    with pytest.raises(ModelSourceError, match=r"model 'm': .*model/model\.safetensors is not a readable safetensors"):
+        resolve_model_dir("m", _local(target), work_dir=tmp_path)
+
+
+def test_pickle_beside_a_differently_named_safetensors_file_is_refused_naming_the_pickle(tmp_path, tiny_llama_dir):
+    weights = (tiny_llama_dir / "model.safetensors").read_bytes()
+    target = _model_dir_with(tmp_path, tiny_llama_dir, {"pytorch_model.bin": b"pickle", "adapter.safetensors": weights})
+    with pytest.raises(ModelSourceError, match=r"no safetensors weights .*pickled weights \(pytorch_model\.bin\) "
+                                               r"are never loaded"):
+        resolve_model_dir("m", _local(target), work_dir=tmp_path)
+
+
+def test_complete_safetensors_beside_a_pickle_are_accepted(tmp_path, tiny_llama_dir):
+    weights = (tiny_llama_dir / "model.safetensors").read_bytes()
+    target = _model_dir_with(tmp_path, tiny_llama_dir, {"pytorch_model.bin": b"pickle", "model.safetensors": weights})
+    assert resolve_model_dir("m", _local(target), work_dir=tmp_path) == target.resolve()
+
+
+def test_truncated_safetensors_weights_are_refused(tmp_path, tiny_llama_dir):
+    weights = (tiny_llama_dir / "model.safetensors").read_bytes()
+    target = _model_dir_with(tmp_path, tiny_llama_dir, {"model.safetensors": weights[:-100]})
+    with pytest.raises(ModelSourceError, match=r"model\.safetensors is not a readable safetensors file"):
+        resolve_model_dir("m", _local(target), work_dir=tmp_path)
+
+
+def _sharded_copy(tmp_path: Path, source_dir: Path) -> tuple[Path, dict]:
+    """A two-shard copy of ``source_dir``'s weights (split by tensor name) with its index."""
+    from safetensors.torch import load_file, save_file
+
+    target = _model_dir_with(tmp_path, source_dir, {})
+    tensors = load_file(str(source_dir / "model.safetensors"))
+    names = sorted(tensors)
+    weight_map = {}
+    for shard, part in (("model-00001-of-00002.safetensors", names[::2]),
+                        ("model-00002-of-00002.safetensors", names[1::2])):
+        save_file({n: tensors[n] for n in part}, str(target / shard), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, shard))
+    index = {"metadata": {}, "weight_map": weight_map}
+    (target / "model.safetensors.index.json").write_text(json.dumps(index))
+    return target, index
+
+
+def test_complete_sharded_weights_are_accepted(tmp_path, tiny_llama_dir):
+    target, _ = _sharded_copy(tmp_path, tiny_llama_dir)
+    assert resolve_model_dir("m", _local(target), work_dir=tmp_path) == target.resolve()
+    files = model_sources.check_safetensors_weights("m", target)
+    assert [f.name for f in files] == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+
+
+def test_index_listing_a_missing_shard_is_refused(tmp_path, tiny_llama_dir):
+    target, _ = _sharded_copy(tmp_path, tiny_llama_dir)
+    (target / "model-00002-of-00002.safetensors").unlink()
+    (target / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ModelSourceError, match=r"index\.json lists shards that do not exist: "
+                                               r"model-00002-of-00002\.safetensors"):
+        resolve_model_dir("m", _local(target), work_dir=tmp_path)
+
+
+def test_index_pointing_out_of_the_directory_is_refused(tmp_path, tiny_llama_dir):
+    target, index = _sharded_copy(tmp_path, tiny_llama_dir)
+    first = next(iter(index["weight_map"]))
+    index["weight_map"][first] = "../elsewhere.safetensors"
+    (target / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelSourceError, match=r"'\.\./elsewhere\.safetensors' lies outside"):
+        resolve_model_dir("m", _local(target), work_dir=tmp_path)
+
+
+def test_config_naming_pickled_weights_is_refused(tmp_path, tiny_llama_dir):
+    weights = (tiny_llama_dir / "model.safetensors").read_bytes()
+    target = _model_dir_with(tmp_path, tiny_llama_dir, {"model.safetensors": weights, "adapter_model.bin": b"pickle"})
+    config = json.loads((target / "config.json").read_text())
+    (target / "config.json").write_text(json.dumps({**config, "transformers_weights": "adapter_model.bin"}))
+    with pytest.raises(ModelSourceError, match=r"names weights 'adapter_model\.bin', which are not safetensors"):
+        resolve_model_dir("m", _local(target), work_dir=tmp_path)
+
+
+def test_load_kwargs_ask_transformers_for_safetensors_only(tmp_path, tiny_llama_dir):
+    from transformers import AutoModel
+
+    weights = (tiny_llama_dir / "model.safetensors").read_bytes()
+    target = _model_dir_with(tmp_path, tiny_llama_dir, {"pytorch_model.bin": b"pickle", "adapter.safetensors": weights})
+    assert dict(LOAD_KWARGS) == {"use_safetensors": True}
+    with pytest.raises(OSError, match="no file named model.safetensors"):
+        AutoModel.from_pretrained(target, **LOAD_KWARGS)
+    with pytest.raises(TypeError):
+        LOAD_KWARGS["use_safetensors"] = False  # read-only: one caller cannot weaken it for all
+
+
+# --- model names and the converted directory ------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["../escape", "..", ".hidden", "a/b", "a b", "", "tiny\n", "/abs", "-x"])
+def test_unsafe_model_names_are_refused(tmp_path, tiny_llama_dir, name):
+    with pytest.raises(ModelSourceError, match="is not allowed: use letters, digits"):
+        resolve_model_dir(name, _local(tiny_llama_dir), work_dir=tmp_path)
+
+
+@pytest.mark.parametrize("name", ["qwen2-0.5b", "SmolLM2_135M", "tiny_llama", "x"])
+def test_safe_model_names_pass(name):
+    assert check_model_name(name) == name
+
+
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+@pytest.fixture
+def fake_gguf_package(tmp_path, monkeypatch, tiny_llama_dir):
+    """A package holding a .gguf file whose 'conversion' saves the tiny Llama with private permissions."""
+    import transformers
+
+    root = tmp_path / "pkg"
+    root.mkdir()
+    (root / "model.gguf").write_bytes(b"GGUF")
+    loaded = []
+
+    class FakeSaved:
+        hf_quantizer = object()
+        config = type("Config", (), {})()
+
+        def save_pretrained(self, directory):
+            for file in tiny_llama_dir.iterdir():
+                if file.is_file():
+                    shutil.copy(file, Path(directory) / file.name)
+                    os.chmod(Path(directory) / file.name, 0o600)  # as a private writer would leave them
+
+    class FakeAuto:
+        @staticmethod
+        def from_pretrained(path, **kwargs):
+            loaded.append((Path(path), kwargs))
+            return FakeSaved()
+
+    monkeypatch.setattr(model_sources, "package_dir", lambda package: root)
+    monkeypatch.setattr(transformers, "AutoModelForCausalLM", FakeAuto)
+    monkeypatch.setattr(transformers, "AutoTokenizer", FakeAuto)
+    return {"source": "package", "name": "fake_gguf_pkg", "gguf_file": "model.gguf"}, loaded
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_converted_directory_gets_normal_permissions(tmp_path, fake_gguf_package, umask_022):
+    spec, loaded = fake_gguf_package
+    work_dir = tmp_path / "results" / "models" / "smollm2"
+    path = resolve_model_dir("smollm2", spec, work_dir=work_dir)
+    assert path == work_dir / "weights"
+    assert _mode(path) == 0o755
+    assert {_mode(f) for f in path.iterdir()} == {0o644}
+    assert (path / "model.safetensors").exists() and describe_model("smollm2", path)["num_layers"] == 3
+    assert all(kwargs["gguf_file"] == "model.gguf" and "use_safetensors" not in kwargs for _, kwargs in loaded)
+    assert sorted(p.name for p in work_dir.iterdir()) == ["weights"]  # no temporary left behind
+
+
+def test_conversion_replaces_an_old_one_and_never_follows_a_link_out(tmp_path, fake_gguf_package):
+    spec, _ = fake_gguf_package
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    work_dir = tmp_path / "work"
+    work_dir.mkdir()
+    (work_dir / "weights").symlink_to(outside, target_is_directory=True)
+    path = resolve_model_dir("smollm2", spec, work_dir=work_dir)
+    assert not path.is_symlink() and (path / "model.safetensors").exists()
+    assert (outside / "keep.txt").read_text() == "keep"
+    (path / "stale.txt").write_text("from an old conversion")
+    resolve_model_dir("smollm2", spec, work_dir=work_dir)
+    assert not (path / "stale.txt").exists()

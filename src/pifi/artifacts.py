@@ -1,24 +1,48 @@
-"""Atomic writers: a killed job never leaves a file that looks complete.
+"""Artifacts that are written atomically, prove they are intact, and are byte-identical across runs.
 
-Every artifact is written to a temporary file in the destination directory and renamed into
-place; rename is atomic on POSIX within one filesystem.
+Every artifact is written to a temporary path in the destination directory and renamed into
+place; rename is atomic on POSIX within one filesystem, so a killed job never leaves a file
+that looks complete.
+
+Safetensors artifacts carry a checksum in their metadata (key ``pifi_sha256``): the SHA-256 of
+the line ``json(sorted other metadata items)``, then, for each tensor in name order, the line
+``json([name, dtype, shape, nbytes])`` followed by the tensor's raw bytes (lines are compact
+UTF-8 JSON ending in ``\\n``). Reading a file recomputes it, so truncation and same-size
+corruption are both caught. The header is rewritten with sorted metadata keys because
+safetensors writes them in hash-map order, which differs from process to process.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import struct
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 import pandas as pd
+import safetensors.numpy
+import safetensors.torch
 import torch
-from safetensors.torch import save_file
+from safetensors import SafetensorError
 
+CHECKSUM_KEY = "pifi_sha256"
+_LENGTH_BYTES = 8  # a safetensors file starts with its header's length, u64 little-endian
+_MAX_HEADER_BYTES = 100_000_000  # the limit safetensors itself enforces
+_READ_CHUNK_BYTES = 1 << 24
+
+
+class ArtifactError(ValueError):
+    """An artifact on disk that is damaged, incomplete or from an older version of the pipeline."""
+
+
+# --- atomic writes -------------------------------------------------------------------------------------
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -38,11 +62,55 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+@contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory beside ``path``; on success it replaces ``path``, on failure it is removed.
+
+    The finished tree gets the permissions mkdir() and open() would give (0777/0666 less the umask),
+    not mkdtemp's private 0700.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        _set_default_permissions(tmp)
+        _replace_dir(tmp, path)
+    finally:
+        # Best effort: the block's own exception (if any) is the one worth reporting.
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _set_default_permissions(root: Path) -> None:
+    mask = _umask()
+    for directory, _, files in os.walk(root):
+        os.chmod(directory, 0o777 & ~mask)
+        for name in files:
+            file = Path(directory, name)
+            if not file.is_symlink():
+                os.chmod(file, 0o666 & ~mask)
+
+
+def _replace_dir(new: Path, path: Path) -> None:
+    """Move ``new`` onto ``path``. An old directory is moved aside first (rename cannot replace a full one)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()  # never follow a link out of the output directory
+    if not path.exists():
+        new.rename(path)
+        return
+    old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+    path.rename(old / path.name)
+    new.rename(path)
+    shutil.rmtree(old)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
+
+# --- JSON, parquet, text -------------------------------------------------------------------------------
 
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
@@ -55,31 +123,197 @@ def _json_default(value: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON; the same object gives the same bytes (keys keep their order)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+        tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n", encoding="utf-8")
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+    """Read a JSON file."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def write_parquet(path: str | os.PathLike, frame: pd.DataFrame) -> None:
+    """Write ``frame`` as parquet, without its index."""
     with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` as UTF-8 (not the locale's encoding, so every machine writes the same bytes)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
+
+# --- safetensors ---------------------------------------------------------------------------------------
 
 def write_safetensors(
     path: str | os.PathLike,
     tensors: Mapping[str, torch.Tensor],
     metadata: Mapping[str, str] | None = None,
 ) -> None:
+    """Write ``tensors`` and string ``metadata`` with a checksum, byte-identically for identical inputs."""
+    metadata = _checked_metadata(metadata or {})
     # safetensors refuses views that share storage; contiguous copies are cheap at our sizes.
     tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=dict(metadata or {}))
+    blob = memoryview(safetensors.torch.save(tensors, metadata))
+    header_length = struct.unpack("<Q", blob[:_LENGTH_BYTES])[0]
+    header = json.loads(bytes(blob[_LENGTH_BYTES:_LENGTH_BYTES + header_length]))
+    data = blob[_LENGTH_BYTES + header_length:]
+    entries = _tensor_entries(header)
+    metadata[CHECKSUM_KEY] = _checksum(metadata, entries, lambda begin, end: [data[begin:end]])
+    # Offsets count from the start of the data section, so a header of another length stays valid.
+    canonical = _encode_header({"__metadata__": dict(sorted(metadata.items())), **entries})
+    with atomic_path(path) as tmp, open(tmp, "wb") as out:
+        out.write(struct.pack("<Q", len(canonical)))
+        out.write(canonical)
+        out.write(data)
 
+
+def read_safetensors(
+    path: str | os.PathLike, *, framework: Literal["pt", "np"] = "pt"
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Verify and read a file from ``write_safetensors``: (tensors or numpy arrays, metadata without checksum).
+
+    Raises ``ArtifactError`` naming the file if it is truncated, corrupted or has no checksum.
+    """
+    loaders: dict[str, Callable[[str], dict[str, Any]]] = {
+        "pt": safetensors.torch.load_file, "np": safetensors.numpy.load_file}
+    if framework not in loaders:
+        raise ValueError(f"read_safetensors({str(path)!r}): framework must be 'pt' or 'np', not {framework!r}")
+    metadata = _verified_metadata(Path(path))
+    try:
+        tensors = loaders[framework](str(path))
+    except SafetensorError as error:  # e.g. the file changed after it was verified
+        raise _damaged(path, f"safetensors cannot load it ({error})") from error
+    return tensors, metadata
+
+
+def verify_safetensors(path: str | os.PathLike) -> None:
+    """Check a file from ``write_safetensors`` in one pass over its bytes (no tensors built).
+
+    Raises ``ArtifactError`` naming the file if it is truncated, corrupted or has no checksum.
+    """
+    _verified_metadata(Path(path))
+
+
+def _checked_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    if CHECKSUM_KEY in metadata:
+        raise ValueError(f"metadata key {CHECKSUM_KEY!r} is reserved for the checksum that write_safetensors adds")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"safetensors metadata must map str to str; {key!r}: {value!r} is "
+                            f"{type(key).__name__} -> {type(value).__name__} (convert it with str() or json.dumps)")
+    return dict(metadata)
+
+
+def _encode_header(header: Mapping[str, Any]) -> bytes:
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    # Pad with spaces (valid JSON whitespace) so the data section starts 8-byte aligned, as safetensors does.
+    return text + b" " * (-len(text) % 8)
+
+
+def _tensor_entries(header: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: entry for name, entry in header.items() if name != "__metadata__"}
+
+
+def _checksum(
+    metadata: Mapping[str, str],
+    entries: Mapping[str, Any],
+    read_range: Callable[[int, int], Iterable[bytes | memoryview]],
+) -> str:
+    """SHA-256 over the metadata line, then each tensor (in name order): its description line and data bytes."""
+    digest = hashlib.sha256()
+    digest.update(_canonical_line(sorted(metadata.items())))
+    for name in sorted(entries):
+        entry = entries[name]
+        begin, end = entry["data_offsets"]
+        description = [name, entry["dtype"], entry["shape"], end - begin]
+        digest.update(_canonical_line(description))
+        for chunk in read_range(begin, end):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _canonical_line(value: Any) -> bytes:
+    # JSON escapes newlines inside strings, so the lines cannot run into each other.
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
+
+
+def _damaged(path: str | os.PathLike, problem: str) -> ArtifactError:
+    return ArtifactError(f"{path}: {problem}; delete it and rerun: Snakemake will rebuild it from its inputs")
+
+
+def _verified_metadata(path: Path) -> dict[str, str]:
+    """Check header, layout and checksum of ``path``; return its metadata without the checksum."""
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        header = _read_header(path, handle, size)
+        data_start = handle.tell()
+        entries = _tensor_entries(header)
+        _check_layout(path, entries, size - data_start)
+        metadata = dict(header.get("__metadata__") or {})
+        expected = metadata.pop(CHECKSUM_KEY, None)
+        if expected is None:
+            raise _damaged(path, f"it has no {CHECKSUM_KEY!r} checksum (written before checksums were added, "
+                                 "or not by pifi)")
+        actual = _checksum(metadata, entries, lambda begin, end: _read_chunks(handle, data_start + begin, end - begin))
+    if actual != expected:
+        raise _damaged(path, "its checksum does not match its contents (the file was changed or corrupted "
+                             "after it was written)")
+    return metadata
+
+
+def _read_header(path: Path, handle: BinaryIO, size: int) -> dict[str, Any]:
+    if size < _LENGTH_BYTES:
+        raise _damaged(path, f"it is {size} bytes, too short for a safetensors file (truncated?)")
+    header_length = struct.unpack("<Q", handle.read(_LENGTH_BYTES))[0]
+    if header_length > min(size - _LENGTH_BYTES, _MAX_HEADER_BYTES):
+        raise _damaged(path, f"its header claims {header_length} bytes but the file has {size} "
+                             "(truncated, or not a safetensors file)")
+    try:
+        header = json.loads(handle.read(header_length).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise _damaged(path, f"its header is not valid JSON ({error})") from error
+    if not isinstance(header, dict):
+        raise _damaged(path, "its header is not a safetensors header (expected a JSON object of tensors)")
+    metadata = header.get("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise _damaged(path, "its header's __metadata__ is not a map of strings")
+    return header
+
+
+def _check_layout(path: Path, entries: Mapping[str, Any], data_size: int) -> None:
+    """The tensors must tile the data section exactly: no gap, no overlap, nothing missing at the end."""
+    position = 0
+    for begin, end in sorted(_span(path, name, entry) for name, entry in entries.items()):
+        if begin != position:
+            raise _damaged(path, f"its tensors do not tile the data section (a gap or overlap at byte {position})")
+        position = end
+    if position != data_size:
+        raise _damaged(path, f"its header describes {position} data bytes but the file holds {data_size} "
+                             "(truncated or appended to)")
+
+
+def _span(path: Path, name: str, entry: Any) -> tuple[int, int]:
+    """The (begin, end) data offsets of one well-formed tensor entry."""
+    well_formed = (
+        isinstance(entry, dict) and isinstance(entry.get("dtype"), str)
+        and isinstance(entry.get("shape"), list) and all(isinstance(n, int) and n >= 0 for n in entry["shape"])
+        and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2
+        and all(isinstance(n, int) for n in entry["data_offsets"])
+        and 0 <= entry["data_offsets"][0] <= entry["data_offsets"][1]
+    )
+    if not well_formed:
+        raise _damaged(path, f"its header entry for tensor {name!r} is malformed: {entry!r}")
+    return entry["data_offsets"][0], entry["data_offsets"][1]
+
+
+def _read_chunks(handle: BinaryIO, start: int, length: int) -> Iterator[bytes]:
+    handle.seek(start)
+    while length > 0:
+        chunk = handle.read(min(length, _READ_CHUNK_BYTES))
+        if not chunk:
+            raise _damaged(handle.name, "it ended while its tensor data was read (truncated meanwhile?)")
+        length -= len(chunk)
+        yield chunk

@@ -9,22 +9,33 @@ GGUF de-quantises every tensor (tens of seconds) and cannot read a single layer.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
-import shutil
-import tempfile
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
+from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig
 
-from pifi.artifacts import read_json
+from pifi.artifacts import atomic_dir, read_json
 
 log = logging.getLogger(__name__)
 
 # Only safe formats: never download pickled weights.
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
+# Pass to every from_pretrained that loads weights: transformers then never falls back to a pickle
+# (pytorch_model.bin) when model.safetensors is missing, it fails instead.
+LOAD_KWARGS: Mapping[str, Any] = MappingProxyType({"use_safetensors": True})
+# The same pattern as the config schema's model names; checked again here because the name
+# becomes part of paths that are written and replaced.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_INDEX_NAME = "model.safetensors.index.json"
 
 
 class ModelSourceError(ValueError):
@@ -71,26 +82,26 @@ def convert_gguf(gguf_path: Path, out_dir: Path, *, trust_remote_code: bool = Fa
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s to safetensors (one-off, cached in %s)", gguf_path, out_dir)
+    # No LOAD_KWARGS here: use_safetensors only picks between model.safetensors and a pickle, and a
+    # GGUF load reads neither; transformers parses the gguf_file with the gguf package (no unpickling).
     kwargs = dict(gguf_file=gguf_path.name, trust_remote_code=trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, **kwargs)
     # The de-quantised weights are plain tensors; drop the GGUF quantizer so save_pretrained accepts them.
     model.hf_quantizer = None
     model.config.__dict__.pop("quantization_config", None)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def resolve_model_dir(name: str, spec: Mapping[str, Any], *, work_dir: Path, base_dir: Path = Path(".")) -> Path:
-    """Return a local directory holding the model ``name`` (downloading or converting if needed)."""
+    """Return a local directory holding the model ``name`` (downloading or converting if needed).
+
+    The directory must hold ``config.json`` and complete safetensors weights; pickled weights are
+    never used. A conversion is written only to ``work_dir / "weights"``.
+    """
+    check_model_name(name)
     source = spec["source"]
     if source == "local":
         path = (base_dir / spec["path"]).resolve()
@@ -110,7 +121,7 @@ def resolve_model_dir(name: str, spec: Mapping[str, Any], *, work_dir: Path, bas
             gguf_path = root / spec["gguf_file"]
             if not gguf_path.exists():
                 raise ModelSourceError(f"model {name!r}: {gguf_path} does not exist")
-            path = work_dir / "weights"
+            path = converted_dir(work_dir)
             convert_gguf(gguf_path, path, trust_remote_code=spec.get("trust_remote_code", False))
         else:
             path = root / spec.get("path", "")
@@ -118,9 +129,94 @@ def resolve_model_dir(name: str, spec: Mapping[str, Any], *, work_dir: Path, bas
         raise ModelSourceError(f"model {name!r}: unknown source {source!r}; use hub, local or package")
     if not (path / "config.json").exists():
         raise ModelSourceError(f"model {name!r}: {path} has no config.json")
-    if not any(path.glob("*.safetensors")):
-        raise ModelSourceError(f"model {name!r}: {path} has no safetensors weights (pickled weights are not loaded)")
+    check_safetensors_weights(name, path)
     return path
+
+
+def check_model_name(name: str) -> str:
+    """Return ``name`` if it is safe as one path component (letters, digits, ``._-``; no leading dot)."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):  # fullmatch: "$" would let "x\n" through
+        raise ModelSourceError(
+            f"model name {name!r} is not allowed: use letters, digits, '.', '_' and '-', starting with a letter "
+            "or digit (it becomes part of output paths)"
+        )
+    return name
+
+
+def converted_dir(work_dir: Path) -> Path:
+    """Where a conversion is cached: always directly inside the rule's own output directory."""
+    return Path(work_dir) / "weights"
+
+
+def check_safetensors_weights(name: str, path: Path) -> list[Path]:
+    """The safetensors files transformers will load from ``path``, each checked to have a readable header.
+
+    Mirrors transformers' choice with ``use_safetensors=True``: the file named by config.json's
+    ``transformers_weights``, else ``model.safetensors``, else the shards ``model.safetensors.index.json``
+    lists. Refuses the directory if any of them is missing or not a safetensors file, so that a pickle
+    beside a dummy safetensors file is never the fallback.
+    """
+    weights = _weights_entry(name, path)
+    files = _index_shards(name, weights) if weights.name.endswith(".index.json") else [weights]
+    for file in files:
+        _check_safetensors_header(name, file)
+    return files
+
+
+def _weights_entry(name: str, path: Path) -> Path:
+    explicit = _read_model_json(name, path / "config.json").get("transformers_weights")
+    if explicit is not None:
+        if not str(explicit).endswith((".safetensors", ".safetensors.index.json")):
+            raise ModelSourceError(f"model {name!r}: {path / 'config.json'} names weights {explicit!r}, "
+                                   "which are not safetensors; only safetensors weights are loaded")
+        return _inside(name, path, str(explicit))
+    for candidate in (SAFE_WEIGHTS_NAME, SAFE_INDEX_NAME):
+        if (path / candidate).is_file():
+            return path / candidate
+    pickles = sorted(p.name for p in path.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
+    ignored = f"; pickled weights ({', '.join(pickles)}) are never loaded" if pickles else ""
+    raise ModelSourceError(f"model {name!r}: {path} has no safetensors weights ({SAFE_WEIGHTS_NAME} or "
+                           f"{SAFE_INDEX_NAME}){ignored}. Convert the checkpoint to safetensors.")
+
+
+def _index_shards(name: str, index_path: Path) -> list[Path]:
+    weight_map = _read_model_json(name, index_path).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ModelSourceError(f"model {name!r}: {index_path} has no weight_map of tensors to shard files")
+    shards = [_inside(name, index_path.parent, shard) for shard in sorted(set(map(str, weight_map.values())))]
+    missing = [shard.name for shard in shards if not shard.is_file()]
+    if missing:
+        raise ModelSourceError(f"model {name!r}: {index_path} lists shards that do not exist: "
+                               f"{', '.join(missing)}. The download or copy is incomplete; fetch it again.")
+    return shards
+
+
+def _inside(name: str, directory: Path, relative: str) -> Path:
+    """``directory / relative``, refused if its name leads out of ``directory``."""
+    # A lexical check, not resolve(): hub snapshots hold symlinks into the cache's blob store.
+    if Path(relative).is_absolute() or ".." in Path(relative).parts:
+        raise ModelSourceError(f"model {name!r}: weights file {relative!r} lies outside {directory}")
+    return directory / relative
+
+
+def _read_model_json(name: str, path: Path) -> dict[str, Any]:
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelSourceError(f"model {name!r}: cannot read {path} ({error})") from error
+    if not isinstance(content, dict):
+        raise ModelSourceError(f"model {name!r}: {path} is not a JSON object")
+    return content
+
+
+def _check_safetensors_header(name: str, file: Path) -> None:
+    try:
+        # safe_open reads only the header and checks it against the file size.
+        with safe_open(str(file), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as error:
+        raise ModelSourceError(f"model {name!r}: {file} is not a readable safetensors file ({error}); "
+                               "replace it with the real weights") from error
 
 
 def describe_model(name: str, path: Path, *, trust_remote_code: bool = False) -> dict[str, Any]:
