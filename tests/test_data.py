@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 
 import pandas as pd
 import pytest
@@ -305,3 +307,189 @@ def test_check_disjoint_refuses_shared_rows():
     check_disjoint(a, pd.DataFrame({"row_id": ["test-000001"]}), "selection samples", "test")
     with pytest.raises(DatasetError, match=r"selection samples include 1 test row\(s\), e.g. \['train-000002'\]"):
         check_disjoint(a, pd.DataFrame({"row_id": ["train-000002"]}), "selection samples", "test")
+
+
+# --- bad input data: blank texts, unreadable files -----------------------------------------------------
+
+BLANKS = {2: "", 5: "   ", 7: None}  # source position -> blank text (missing, empty, whitespace-only)
+
+
+def rows_with_blanks(n: int = 20, column: str = "text") -> list[dict]:
+    records = rows(n)
+    for position, blank in BLANKS.items():
+        records[position][column] = blank
+    return records
+
+
+def blank_text_dir(tmp_path, fmt: str):
+    directory = tmp_path / fmt
+    write_split(directory, "train", rows_with_blanks(), fmt)
+    write_split(directory, "validation", rows(10, offset=500), fmt)  # so train is not carved
+    write_split(directory, "test", rows(10, offset=1000), fmt)
+    return directory
+
+
+# where the blank rows 2, 5, 7 are: jsonl lines, csv lines (after the header), parquet positions
+BLANK_LOCATIONS = {"jsonl": "line(s) 3, 6, 8 of the file", "csv": "line(s) 4, 7, 9 of the file",
+                   "parquet": "row(s) 3, 6, 8 (1-based positions in the split)"}
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_blank_texts_are_an_error_naming_file_column_count_and_rows(tmp_path, fmt):
+    directory = blank_text_dir(tmp_path, fmt)
+    with pytest.raises(DatasetError) as error:
+        prepare_splits("ds", local_spec(directory))
+    message = str(error.value)
+    assert f"dataset 'ds' train ({directory / f'train.{fmt}'})" in message
+    assert "3 row(s) have a blank text in column 'text'" in message
+    assert BLANK_LOCATIONS[fmt] in message
+    assert "data.drop_blank_texts" in message
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_drop_blank_texts_drops_and_logs_them_and_ids_keep_source_positions(tmp_path, fmt, caplog):
+    directory = blank_text_dir(tmp_path, fmt)
+    with caplog.at_level(logging.WARNING, logger="pifi.data"):
+        splits = prepare_splits("ds", local_spec(directory), drop_blank_texts=True)
+    train = splits["train"]
+    kept = [i for i in range(20) if i not in BLANKS]
+    assert train["row_id"].tolist() == [f"train-{i:06d}" for i in kept]
+    assert train["text"].tolist() == [f"sentence number {i}" for i in kept]
+    assert len(splits["validation"]) == 10 and len(splits["test"]) == 10
+    dropped = [record.getMessage() for record in caplog.records if "dropped" in record.getMessage()]
+    assert len(dropped) == 1  # one line, for the one split that had blank rows
+    assert "train" in dropped[0] and "dropped 3 of 20 row(s)" in dropped[0]
+
+
+def test_blank_text_pair_is_handled_like_a_blank_text(tmp_path, caplog):
+    directory = tmp_path / "pairs"
+    train = [{**r, "hypothesis": f"pair {i}"} for i, r in enumerate(rows(20))]
+    train[4]["hypothesis"] = " \t"
+    write_split(directory, "train", train)
+    write_split(directory, "test", [{**r, "hypothesis": "pair"} for r in rows(10)])
+    spec = local_spec(directory, text_pair_column="hypothesis")
+    with pytest.raises(DatasetError, match=r"1 row\(s\) have a blank text in column 'hypothesis' \(.*line\(s\) 5 "):
+        prepare_splits("pairs", spec)
+    with caplog.at_level(logging.WARNING, logger="pifi.data"):
+        splits = prepare_splits("pairs", spec, drop_blank_texts=True)
+    all_train_ids = set(splits["train"]["row_id"]) | set(splits["validation"]["row_id"])
+    assert all_train_ids == {f"train-{i:06d}" for i in range(20) if i != 4}
+    assert "dropped 1 of 20 row(s)" in caplog.text
+
+
+def test_rows_left_out_by_label_map_need_no_text(tmp_path):
+    directory = tmp_path / "tweets"
+    train = rows(30, classes=3)
+    train[1]["text"] = ""  # label 1 (neutral) is left out below
+    write_split(directory, "train", train)
+    write_split(directory, "test", rows(9, classes=3))
+    splits = prepare_splits("tweets", local_spec(directory, label_map={0: 0, 2: 1}))
+    assert len(splits["train"]) + len(splits["validation"]) == 20
+
+
+def test_non_string_text_is_an_error_even_when_dropping_blanks(tmp_path):
+    directory = tmp_path / "ds"
+    train = rows(20)
+    train[3]["text"] = 42
+    write_split(directory, "train", train)
+    write_split(directory, "test", rows(10))
+    with pytest.raises(DatasetError, match=r"train\.jsonl.*column 'text' has 1 value\(s\) that are not text "
+                                           r"\(e\.g\. 42\) at line\(s\) 4 of the file"):
+        prepare_splits("ds", local_spec(directory), drop_blank_texts=True)
+
+
+def test_blank_hub_texts_are_named_by_row_position(monkeypatch):
+    import datasets
+
+    source = {"sentence": [f"s {i}" for i in range(20)], "label": [i % 2 for i in range(20)]}
+    source["sentence"][6] = "  "
+    monkeypatch.setattr(datasets, "load_dataset",
+                        lambda name, config=None, split=None: datasets.Dataset.from_dict(source))
+    with pytest.raises(DatasetError, match=r"hub:stanfordnlp/sst2.*column 'sentence'.*row\(s\) 7 \(1-based"):
+        prepare_splits("sst2", SST2_HUB)
+
+
+def test_jsonl_empty_lines_are_skipped_and_lines_still_counted(tmp_path):
+    directory = tmp_path / "ds"
+    write_split(directory, "test", rows(10))
+    lines = [json.dumps(r) for r in rows(20)]
+    lines[3] = json.dumps({"text": "", "label": 1})
+    (directory / "train.jsonl").write_text("\n".join(lines[:2] + [""] + lines[2:]) + "\n\n")
+    with pytest.raises(DatasetError, match=r"line\(s\) 5 of the file"):  # record 4 sits on line 5
+        prepare_splits("ds", local_spec(directory))
+    splits = prepare_splits("ds", local_spec(directory), drop_blank_texts=True)
+    train_ids = set(splits["train"]["row_id"]) | set(splits["validation"]["row_id"])
+    assert train_ids == {f"train-{i:06d}" for i in range(20) if i != 3}
+
+
+def test_jsonl_float_labels_keep_todays_meaning(tmp_path):
+    """Whole floats (1.0) are integer labels, as with pd.read_json; 0.5 still needs a label_map."""
+    directory = tmp_path / "ds"
+    write_split(directory, "train", [{"text": r["text"], "label": float(r["label"])} for r in rows(20)])
+    write_split(directory, "test", [{"text": r["text"], "label": float(r["label"])} for r in rows(10)])
+    assert prepare_splits("ds", local_spec(directory))["test"]["label"].dtype == "int64"
+    write_split(directory, "test", [{"text": r["text"], "label": r["label"] / 2} for r in rows(10)])
+    with pytest.raises(DatasetError, match="labels must be integers.*label_map"):
+        prepare_splits("ds", local_spec(directory))
+
+
+def test_malformed_jsonl_names_file_and_line(local_dir):
+    lines = [json.dumps(r) for r in rows(5)]
+    lines[2] = '{"text": "broken", "label": 1'
+    path = local_dir / "train.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(path))}:3: invalid JSON at column \d+: Expecting"):
+        prepare_splits("ds", local_spec(local_dir))
+
+
+def test_a_jsonl_line_that_is_not_an_object_names_file_and_line(local_dir):
+    path = local_dir / "test.jsonl"
+    path.write_text(json.dumps(rows(1)[0]) + "\n[1, 2]\n")
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(path))}:2: expected a JSON object per line, got list"):
+        prepare_splits("ds", local_spec(local_dir))
+
+
+@pytest.mark.parametrize("fmt, bad_line", [("jsonl", 3), ("csv", 4)])
+def test_non_utf8_bytes_name_file_and_line(tmp_path, fmt, bad_line):
+    directory = tmp_path / fmt
+    write_split(directory, "train", rows(20), fmt)
+    write_split(directory, "test", rows(10), fmt)
+    path = directory / f"train.{fmt}"
+    path.write_bytes(path.read_bytes().replace(b"sentence number 2", "caf\xe9 latin-1".encode("latin-1"), 1))
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(path))}:{bad_line}: .*must be UTF-8"):
+        prepare_splits("ds", local_spec(directory))
+
+
+def test_a_utf8_bom_is_accepted(local_dir):
+    path = local_dir / "test.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert len(prepare_splits("ds", local_spec(local_dir))["test"]) == 30
+
+
+def test_a_ragged_csv_names_the_file_and_the_line(tmp_path):
+    directory = tmp_path / "csv"
+    write_split(directory, "train", rows(20), "csv")
+    path = directory / "test.csv"
+    path.write_text("text,label\na,0\nb,1\nc,0,extra\n")
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(path))}: cannot parse the CSV: .*Expected 2 fields in line 4"):
+        prepare_splits("ds", local_spec(directory))
+
+
+def test_csv_line_numbers_follow_quoted_fields_over_several_lines(tmp_path):
+    directory = tmp_path / "csv"
+    train = rows(20)
+    train[1]["text"] = "a review\nover\nthree lines"
+    train[3]["text"] = ""
+    write_split(directory, "train", train, "csv")
+    write_split(directory, "test", rows(10), "csv")
+    with pytest.raises(DatasetError, match=r"line\(s\) 7 of the file"):  # header, 0, 1 (3 lines), 2, then 3
+        prepare_splits("ds", local_spec(directory))
+
+
+def test_a_corrupt_parquet_names_the_file(tmp_path):
+    directory = tmp_path / "parquet"
+    write_split(directory, "train", rows(20), "parquet")
+    path = directory / "test.parquet"
+    path.write_bytes(b"PAR1 this is not a parquet file")
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(path))}: cannot read the parquet file"):
+        prepare_splits("ds", local_spec(directory))

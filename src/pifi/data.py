@@ -8,10 +8,15 @@ validation split carved from train still says where its rows came from.
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
@@ -19,18 +24,109 @@ from pifi.demo_data import demo_splits
 
 SPLITS = ("train", "validation", "test")
 LOCAL_FORMATS = ("jsonl", "csv", "parquet")
+SHOWN_ROWS = 5  # how many offending rows an error message lists
+UTF8_BOM = b"\xef\xbb\xbf"
+
+logger = logging.getLogger(__name__)
 
 
 class DatasetError(ValueError):
     """A dataset that cannot be used as configured; the message says what and where."""
 
 
+# --- reading local files ------------------------------------------------------------------------------
+# A reader returns a frame whose attrs["line_numbers"] (when the format has lines) holds each row's
+# 1-based line in the file, so later checks can point at the line to fix.
+
+def _read_utf8(path: Path) -> str:
+    """The file's text; a byte that is not UTF-8 is an error naming its line."""
+    data = path.read_bytes()
+    body = data[len(UTF8_BOM):] if data.startswith(UTF8_BOM) else data
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = body.count(b"\n", 0, error.start) + 1
+        raise DatasetError(
+            f"{path}:{line}: byte {body[error.start:error.start + 1]!r} is not valid UTF-8 ({error.reason}); "
+            "the file must be UTF-8: re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from error
+
+
+def _integral_floats_to_int(frame: pd.DataFrame) -> pd.DataFrame:
+    """Float columns holding only whole numbers (JSON ``1.0``) become int64, as pd.read_json did."""
+    for column in frame.columns[[pd.api.types.is_float_dtype(dtype) for dtype in frame.dtypes]]:
+        values = frame[column]
+        if values.notna().all() and (values == values.round()).all() and (values.abs() < 2**63).all():
+            frame[column] = values.astype("int64")
+    return frame
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    """One JSON object per line; errors name the file and the line."""
+    records, line_numbers = [], []
+    # split on "\n" only: str.splitlines would also split on U+2028, which JSON strings may hold raw
+    for line_number, line in enumerate(_read_utf8(path).split("\n"), start=1):
+        if not line.strip():
+            continue  # empty lines (a trailing newline, a blank separator) carry no record
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DatasetError(
+                f"{path}:{line_number}: invalid JSON at column {error.colno}: {error.msg}; "
+                "each line must be one JSON object"
+            ) from error
+        if not isinstance(record, dict):
+            raise DatasetError(
+                f"{path}:{line_number}: expected a JSON object per line, got {type(record).__name__} "
+                f"{line.strip()[:40]!r}"
+            )
+        records.append(record)
+        line_numbers.append(line_number)
+    frame = _integral_floats_to_int(pd.DataFrame(records))
+    frame.attrs["line_numbers"] = np.asarray(line_numbers, dtype=np.int64)
+    return frame
+
+
+def _csv_record_lines(text: str, expected_rows: int) -> np.ndarray | None:
+    """The 1-based line each CSV record starts on (quoted fields may span lines), or None if the
+    stdlib parser disagrees with pandas on the number of rows."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    starts, previous_end = [], 0
+    for record in reader:
+        if record:  # pandas skips blank lines too
+            starts.append(previous_end + 1)
+        previous_end = reader.line_num
+    record_starts = starts[1:]  # the first record is the header
+    return np.asarray(record_starts, dtype=np.int64) if len(record_starts) == expected_rows else None
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    text = _read_utf8(path)
+    try:
+        frame = pd.read_csv(io.StringIO(text))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise DatasetError(f"{path}: cannot parse the CSV: {error}") from error
+    line_numbers = _csv_record_lines(text, len(frame))
+    if line_numbers is not None:
+        frame.attrs["line_numbers"] = line_numbers
+    return frame
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    import pyarrow  # pandas' parquet engine; imported here for its exception type
+
+    try:
+        return pd.read_parquet(path)
+    except (OSError, pyarrow.ArrowException) as error:
+        raise DatasetError(f"{path}: cannot read the parquet file: {error}") from error
+
+
 def _read_local_file(path: Path) -> pd.DataFrame:
     if path.suffix == ".jsonl":
-        return pd.read_json(path, lines=True)
+        return _read_jsonl(path)
     if path.suffix == ".csv":
-        return pd.read_csv(path)
-    return pd.read_parquet(path)
+        return _read_csv(path)
+    return _read_parquet(path)
 
 
 def _find_local_split(directory: Path, split: str) -> Path | None:
@@ -41,7 +137,12 @@ def _find_local_split(directory: Path, split: str) -> Path | None:
 
 
 def load_local_splits(directory: str | Path) -> dict[str, pd.DataFrame]:
-    """Read ``{train,validation,test}.{jsonl,csv,parquet}`` from a directory; validation may be absent."""
+    """Read ``{train,validation,test}.{jsonl,csv,parquet}`` from a directory; validation may be absent.
+
+    Each frame's attrs hold its ``source`` file and, for jsonl and csv, the ``line_numbers`` of its rows.
+    Unreadable files (bad JSON, non-UTF-8 bytes, a ragged CSV, a corrupt parquet) raise DatasetError
+    naming the file, and the line where there is one.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise DatasetError(f"local dataset directory {directory} does not exist")
@@ -82,8 +183,63 @@ def load_hub_splits(spec: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
     return splits
 
 
-def _standardise(frame: pd.DataFrame, split: str, spec: Mapping[str, Any], where: str) -> pd.DataFrame:
-    """Rename configured columns to text/text_pair/label, map labels, attach row ids."""
+def _describe_rows(positions: pd.Index, line_numbers: np.ndarray | None) -> str:
+    """The first few offending rows, as file lines when known, else 1-based row positions."""
+    shown = positions[:SHOWN_ROWS]
+    more = ", ..." if len(positions) > SHOWN_ROWS else ""
+    if line_numbers is not None:
+        return f"line(s) {', '.join(str(line_numbers[p]) for p in shown)}{more} of the file"
+    return f"row(s) {', '.join(str(p + 1) for p in shown)}{more} (1-based positions in the split)"
+
+
+def _blank_texts(out: pd.DataFrame, sources: Mapping[str, str], where: str,
+                 line_numbers: np.ndarray | None) -> dict[str, pd.Series]:
+    """Per text column (text, text_pair), which rows are missing, empty or whitespace-only.
+
+    A value that is present but not a string (a number, a list) is an error: it means the wrong
+    column was configured, so dropping it would hide the mistake.
+    """
+    blank = {}
+    for column in ("text", "text_pair"):
+        if column not in out.columns:
+            continue
+        values = out[column]
+        missing = values.isna()
+        is_string = values.map(lambda value: isinstance(value, str)).astype(bool)
+        not_text = ~missing & ~is_string
+        if not_text.any():
+            example = values[not_text].iloc[0]
+            raise DatasetError(
+                f"{where}: column {sources[column]!r} has {int(not_text.sum())} value(s) that are not text "
+                f"(e.g. {example!r}) at {_describe_rows(out.index[not_text], line_numbers)}; "
+                "texts must be strings: check text_column/text_pair_column in the dataset's config entry"
+            )
+        blank[column] = missing | values.where(is_string, "").str.strip().eq("")
+    return blank
+
+
+def _handle_blank_texts(out: pd.DataFrame, sources: Mapping[str, str], where: str,
+                        line_numbers: np.ndarray | None, drop: bool) -> pd.DataFrame:
+    """Refuse rows with blank texts, or drop them (and say how many) when ``drop`` is set."""
+    blank_by_column = _blank_texts(out, sources, where, line_numbers)
+    blank = pd.concat(blank_by_column.values(), axis=1).any(axis=1)
+    if not blank.any():
+        return out
+    count = int(blank.sum())
+    if not drop:
+        columns = " and ".join(repr(sources[c]) for c, column_blank in blank_by_column.items() if column_blank.any())
+        raise DatasetError(
+            f"{where}: {count} row(s) have a blank text in column {columns} (missing, empty or whitespace-only) "
+            f"at {_describe_rows(out.index[blank], line_numbers)}; fix them, or set data.drop_blank_texts: true "
+            "to drop such rows"
+        )
+    logger.warning("%s: dropped %d of %d row(s) with a blank text (drop_blank_texts)", where, count, len(out))
+    return out[~blank]
+
+
+def _standardise(frame: pd.DataFrame, split: str, spec: Mapping[str, Any], where: str, *,
+                 drop_blank_texts: bool = False) -> pd.DataFrame:
+    """Rename configured columns to text/text_pair/label, attach row ids, map labels, check texts."""
     columns = {spec.get("text_column", "text"): "text", spec.get("label_column", "label"): "label"}
     if spec.get("text_pair_column"):
         columns[spec["text_pair_column"]] = "text_pair"
@@ -96,16 +252,20 @@ def _standardise(frame: pd.DataFrame, split: str, spec: Mapping[str, Any], where
             "Set text_column/label_column in the dataset's config entry."
         )
     source_split = frame.attrs.get("source_split", split)
+    line_numbers = frame.attrs.get("line_numbers")
+    # from here on the index is the row's source position, whatever rows are dropped
     out = frame[list(columns)].rename(columns=columns).reset_index(drop=True)
+    out.attrs.pop("line_numbers", None)  # describes the file's rows, not the prepared ones
     out.insert(0, "row_id", [f"{source_split}-{i:06d}" for i in range(len(out))])
-    if out["text"].isna().any():
-        raise DatasetError(f"{where}: {int(out['text'].isna().sum())} row(s) have no text")
     label_map = spec.get("label_map")
     if label_map:
         label_map = {str(k): int(v) for k, v in label_map.items()}
         keep = out["label"].astype(str).isin(label_map)
         out = out[keep].copy()
         out["label"] = out["label"].astype(str).map(label_map)
+    # after label_map: rows the config leaves out need no text
+    sources = {standard: source for source, standard in columns.items()}
+    out = _handle_blank_texts(out, sources, where, line_numbers, drop_blank_texts)
     if not pd.api.types.is_integer_dtype(out["label"]):
         raise DatasetError(
             f"{where}: labels must be integers, got {out['label'].dtype} (e.g. {out['label'].iloc[0]!r}); "
@@ -142,9 +302,13 @@ def check_labels(splits: Mapping[str, pd.DataFrame], name: str) -> int:
 
 def prepare_splits(
     name: str, spec: Mapping[str, Any], *, validation_fraction: float = 0.2, seed: int = 0,
-    base_dir: str | Path = ".",
+    base_dir: str | Path = ".", drop_blank_texts: bool = False,
 ) -> dict[str, pd.DataFrame]:
-    """Load dataset ``name`` as configured and return validated train/validation/test frames."""
+    """Load dataset ``name`` as configured and return validated train/validation/test frames.
+
+    Rows with a missing, empty or whitespace-only text are an error, or are dropped (and counted in
+    the log) with ``drop_blank_texts``; either way a row id names the row's position in its source.
+    """
     source = spec["source"]
     if source == "local":
         directory = Path(base_dir) / spec["path"]
@@ -159,7 +323,8 @@ def prepare_splits(
         if required not in raw:
             raise DatasetError(f"dataset {name!r}: no {required} split configured")
     splits = {
-        split: _standardise(frame, split, spec, where=f"dataset {name!r} {split} ({frame.attrs.get('source', source)})")
+        split: _standardise(frame, split, spec, where=f"dataset {name!r} {split} ({frame.attrs.get('source', source)})",
+                            drop_blank_texts=drop_blank_texts)
         for split, frame in raw.items()
     }
     if "validation" not in splits:
