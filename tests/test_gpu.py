@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import signal
 import stat
 import subprocess
@@ -14,7 +15,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from gpu_pool_helpers import clean_env, read_line, start_holder, wait_claimed
+from gpu_pool_helpers import (clean_env, no_hang, read_line, start_holder, wait_claimed,
+                              wait_claimed_slots)
 from pifi import gpu
 
 _real_count_physical_gpus = gpu._count_physical_gpus  # before the fixture fakes it
@@ -93,8 +95,8 @@ def test_uuid_pool_and_lock_names(clean_pool):
     ids = gpu.claim_gpus(1, gpus=["GPU-abc", "MIG-1/2/0"], lock_dir=clean_pool)
     assert ids == ["GPU-abc"]
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "GPU-abc"
-    assert (clean_pool / "gpuGPU-abc.lock").exists()
-    assert gpu._lock_name("MIG-1/2/0") == "gpuMIG-1_2_0.lock"
+    assert (clean_pool / "gpuGPU-abc.slot0.lock").exists()
+    assert gpu._lock_name("MIG-1/2/0", 3) == "gpuMIG-1_2_0.slot3.lock"
 
 
 def test_physical_count_from_proc_then_nvidia_smi(tmp_path, monkeypatch):
@@ -152,8 +154,9 @@ def test_claim_sets_visible_devices_and_logs(clean_pool, caplog):
     caplog.set_level(logging.INFO, logger="pifi.gpu")
     assert gpu.claim_gpus(1, gpus=[0, 1, 2], lock_dir=clean_pool) == [0]
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
-    assert f"claimed GPU 0 (pool [0, 1, 2], lock dir {clean_pool})" in caplog.text
-    assert (clean_pool / "gpu0.lock").read_text().startswith(f"pid {os.getpid()} ")
+    assert f"claimed GPU 0 slot 0 (pool [0, 1, 2], 1 slot per GPU, lock dir {clean_pool})" in caplog.text
+    assert (clean_pool / "gpu0.slot0.lock").read_text().startswith(f"pid {os.getpid()} ")
+    assert gpu.claimed_slots() == [(0, 0)]
 
 
 def test_second_call_in_same_process(clean_pool):
@@ -173,7 +176,7 @@ def test_second_call_in_same_process(clean_pool):
 def test_lock_dir_from_env_and_default(clean_pool, monkeypatch, tmp_path):
     monkeypatch.setenv(gpu.LOCK_DIR_ENV, str(tmp_path / "env-locks"))
     gpu.claim_gpus(1, gpus=[0])
-    assert (tmp_path / "env-locks" / "gpu0.lock").exists()
+    assert (tmp_path / "env-locks" / "gpu0.slot0.lock").exists()
     gpu.release_gpus()
     monkeypatch.delenv(gpu.LOCK_DIR_ENV)
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
@@ -182,7 +185,7 @@ def test_lock_dir_from_env_and_default(clean_pool, monkeypatch, tmp_path):
     shared = tmp_path / "tmp" / "pifi-gpu-locks"
     # Shared by all users: dir like /tmp (sticky, world-writable), lock files rw for all.
     assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
-    assert stat.S_IMODE((shared / "gpu0.lock").stat().st_mode) == 0o666
+    assert stat.S_IMODE((shared / "gpu0.slot0.lock").stat().st_mode) == 0o666
 
 
 def test_two_processes_cannot_share_a_slot(clean_pool, procs):
@@ -228,15 +231,20 @@ def test_all_or_none_does_not_hoard_a_partial_claim(clean_pool, procs):
     assert wait_claimed(waiter) == [0, 1]
 
 
-def test_sigkilled_holder_frees_its_slot(clean_pool, procs):
-    holder = start_holder(clean_pool, [0])
-    procs.append(holder)
-    assert wait_claimed(holder) == [0]
+@pytest.mark.parametrize("slots_per_gpu", [1, 2])
+def test_sigkilled_holder_frees_its_slot(clean_pool, procs, slots_per_gpu):
+    holders = [start_holder(clean_pool, [0], slots_per_gpu=slots_per_gpu)
+               for _ in range(slots_per_gpu)]
+    procs.extend(holders)
+    held = [wait_claimed_slots(h)[0] for h in holders]
+    assert sorted(held) == [(0, slot) for slot in range(slots_per_gpu)]
     with pytest.raises(TimeoutError):
-        gpu.claim_gpus(1, gpus=[0], lock_dir=clean_pool, timeout=0)
-    os.kill(holder.pid, signal.SIGKILL)
-    holder.wait(timeout=10)
-    assert gpu.claim_gpus(1, gpus=[0], lock_dir=clean_pool, timeout=2) == [0]
+        gpu.claim_gpus(1, gpus=[0], lock_dir=clean_pool, timeout=0, slots_per_gpu=slots_per_gpu)
+    os.kill(holders[0].pid, signal.SIGKILL)
+    holders[0].wait(timeout=10)
+    assert gpu.claim_gpus(1, gpus=[0], lock_dir=clean_pool, timeout=2,
+                          slots_per_gpu=slots_per_gpu) == [0]
+    assert gpu.claimed_slots() == [held[0]]  # exactly the dead job's slot
 
 
 class _Resources(dict):
@@ -247,7 +255,7 @@ def test_claim_gpus_for_job_reads_resources_and_config(clean_pool):
     job = SimpleNamespace(resources=_Resources(gpu=1, _cores=1),
                           config={"gpus": ["0", "1", "2"], "gpu_lock_dir": str(clean_pool)})
     assert gpu.claim_gpus_for_job(job) == [0]  # --config gpus=[0,1,2] gives strings
-    assert (clean_pool / "gpu0.lock").exists()
+    assert (clean_pool / "gpu0.slot0.lock").exists()
     gpu.release_gpus()
     cpu_job = SimpleNamespace(resources=_Resources(_cores=1), config={"gpus": [0]})
     assert gpu.claim_gpus_for_job(cpu_job) == []
@@ -256,3 +264,248 @@ def test_claim_gpus_for_job_reads_resources_and_config(clean_pool):
     gpu.release_gpus()
     with pytest.raises(TypeError, match="list of GPU ids"):
         gpu.claim_gpus_for_job(SimpleNamespace(resources=_Resources(gpu=1), config={"gpus": 0}))
+
+
+def test_claim_gpus_for_job_reads_slots_and_wait_timeout(clean_pool, procs):
+    holder = start_holder(clean_pool, [0], slots_per_gpu=2)
+    procs.append(holder)
+    assert wait_claimed_slots(holder) == [(0, 0)]
+    config = {"gpus": [0], "gpu_lock_dir": str(clean_pool), "gpu_slots_per_gpu": "2"}
+    job = SimpleNamespace(resources=_Resources(gpu=1), config=config)
+    assert gpu.claim_gpus_for_job(job) == [0] and gpu.claimed_slots() == [(0, 1)]
+    gpu.release_gpus()
+    # One slot per GPU: slot 0 is the holder's; the config's timeout ends the wait ...
+    config.update(gpu_slots_per_gpu=1, gpu_wait_timeout=0.2)
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match="timed out after 0.2 s"):
+        gpu.claim_gpus_for_job(job)
+    # ... and an explicit timeout wins over it.
+    config.update(gpu_wait_timeout="100")
+    with pytest.raises(TimeoutError, match="timed out after 0 s"):
+        gpu.claim_gpus_for_job(job, timeout=0)
+    assert time.monotonic() - t0 < 3
+
+
+@pytest.mark.parametrize("key, value", [
+    ("gpu_slots_per_gpu", 0), ("gpu_slots_per_gpu", "two"), ("gpu_slots_per_gpu", True),
+    ("gpu_slots_per_gpu", 1.5), ("gpu_wait_timeout", "-1"), ("gpu_wait_timeout", "soon"),
+])
+def test_claim_gpus_for_job_rejects_bad_config(clean_pool, key, value):
+    job = SimpleNamespace(resources=_Resources(gpu=1),
+                          config={"gpus": [0], "gpu_lock_dir": str(clean_pool), key: value})
+    with pytest.raises(ValueError, match=f"config '{key}'"):
+        gpu.claim_gpus_for_job(job)
+    assert not gpu._held
+
+
+@pytest.mark.parametrize("slots_per_gpu", [0, -1, 1.0, True, "2"])
+def test_claim_gpus_rejects_bad_slots_per_gpu(clean_pool, slots_per_gpu):
+    with pytest.raises(ValueError, match="slots_per_gpu"):
+        gpu.claim_gpus(1, gpus=[0], lock_dir=clean_pool, slots_per_gpu=slots_per_gpu)
+
+
+# --- k slots per GPU ----------------------------------------------------------------
+
+
+def test_slots_spread_over_gpus_then_fill_and_timeout_names_holders(clean_pool, procs, caplog):
+    holders = []
+    for _ in range(4):  # one after the other, so each sees the previous claims
+        holder = start_holder(clean_pool, [0, 1], slots_per_gpu=2)
+        procs.append(holder)
+        holders.append((holder, wait_claimed_slots(holder)[0]))
+    claimed = [pair for _, pair in holders]
+    assert sorted(claimed) == [(0, 0), (0, 1), (1, 0), (1, 1)]  # distinct (gpu, slot) pairs
+    assert {claimed[0][0], claimed[1][0]} == {0, 1}  # both GPUs in use before any doubles up
+
+    caplog.set_level(logging.INFO, logger="pifi.gpu")
+    with pytest.raises(TimeoutError) as err:
+        gpu.claim_gpus(1, gpus=[0, 1], lock_dir=clean_pool, slots_per_gpu=2,
+                       poll_interval=0.05, timeout=0.3)
+    msg = str(err.value)
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    assert "busy GPUs [0, 1]" in msg and "2 slots per GPU" in msg
+    for holder, (gpu_id, slot) in holders:
+        assert f"GPU {gpu_id} slot {slot}: pid {holder.pid} on host " in msg
+    assert f"user {user}, since 20" in msg
+    waiting = [r.getMessage() for r in caplog.records if r.getMessage().startswith("waiting")]
+    assert len(waiting) == 1  # said once, not once per poll
+
+
+def test_least_loaded_prefers_most_free_slots_in_pool_order():
+    free = {0: [(1, 10)], 1: [(0, 11), (2, 12)], 2: [], 3: [(0, 13), (1, 14)]}
+    assert gpu._least_loaded(free, 1) == [1]
+    assert gpu._least_loaded(free, 2) == [1, 3]
+    assert gpu._least_loaded(free, 3) == [0, 1, 3]
+    assert gpu._least_loaded(free, 4) == []  # GPU 2 is full: all or none
+
+
+def test_three_gpus_four_slots_first_three_jobs_use_three_gpus(clean_pool, procs):
+    holders = [start_holder(clean_pool, [0, 1, 2], slots_per_gpu=4) for _ in range(3)]
+    # Started together on purpose: the spread must hold under racing claims too.
+    procs.extend(holders)
+    assert sorted(wait_claimed(h)[0] for h in holders) == [0, 1, 2]
+
+
+def test_multi_gpu_claim_takes_one_slot_per_gpu(clean_pool):
+    assert gpu.claim_gpus(2, gpus=[0, 1, 2], lock_dir=clean_pool, slots_per_gpu=3) == [0, 1]
+    assert gpu.claimed_slots() == [(0, 0), (1, 0)]
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1"
+
+
+@pytest.mark.parametrize("note, expected", [
+    (None, "holder unknown (no note in its lock file)"),
+    ("garbage", "holder unknown (note 'garbage')"),
+    ("pid 77 host far-away user bob since 2026-11-26 12:01:05",
+     "pid 77 on host far-away, user bob, since 2026-11-26 12:01:05"),
+])
+def test_describe_note(note, expected):
+    assert gpu._describe_note(note) == expected
+
+
+def test_describe_note_flags_a_note_whose_process_is_gone():
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    note = f"pid {gone} host {gpu.socket.gethostname()} user bob since 2026-11-26 12:01:05"
+    assert "stale note" in gpu._describe_note(note)
+
+
+# --- a shared lock dir is hostile ground ----------------------------------------------
+
+
+def _shared_dir(path):
+    path.mkdir()
+    path.chmod(0o1777)
+    return path
+
+
+def _snapshot(path):
+    st = path.stat()
+    return path.read_bytes(), st.st_mtime_ns, st.st_size
+
+
+@pytest.mark.parametrize("victim_exists", [True, False])
+def test_planted_symlink_lock_file_is_refused(clean_pool, tmp_path, victim_exists):
+    lock_dir = _shared_dir(clean_pool)
+    victim = tmp_path / "victim.txt"
+    if victim_exists:
+        victim.write_text("precious data\n")
+        os.utime(victim, ns=(1_000_000_000, 1_000_000_000))
+        before = _snapshot(victim)
+    link = lock_dir / "gpu0.slot0.lock"
+    link.symlink_to(victim)
+    with no_hang(10), pytest.raises(gpu.UnsafeLockError) as err:
+        gpu.claim_gpus(1, gpus=[0], lock_dir=lock_dir, timeout=0)
+    assert f"GPU lock file {link} is a symlink: refusing to use it" in str(err.value)
+    assert "PIFI_GPU_LOCK_DIR" in str(err.value)
+    if victim_exists:
+        assert _snapshot(victim) == before
+    else:
+        assert not victim.exists()  # not created through the dangling link either
+    assert not gpu._held and "CUDA_VISIBLE_DEVICES" not in os.environ
+
+
+def test_symlink_on_a_later_gpu_leaves_no_lock_behind(clean_pool, tmp_path):
+    lock_dir = _shared_dir(clean_pool)
+    (lock_dir / "gpu1.slot0.lock").symlink_to(tmp_path / "victim.txt")
+    with no_hang(10), pytest.raises(gpu.UnsafeLockError):
+        gpu.claim_gpus(1, gpus=[0, 1], lock_dir=lock_dir, timeout=0)
+    assert not gpu._held
+    # GPU 0's lock, taken before the refusal, was dropped: another process can take it.
+    freed = subprocess.run(
+        [sys.executable, "-c", "import fcntl, sys; fcntl.flock(open(sys.argv[1]), "
+         "fcntl.LOCK_EX | fcntl.LOCK_NB)", str(lock_dir / "gpu0.slot0.lock")],
+        capture_output=True, text=True, timeout=30)
+    assert freed.returncode == 0, freed.stderr
+
+
+@pytest.mark.parametrize("plant", ["fifo", "dir"])
+def test_non_regular_lock_file_is_refused_without_hanging(clean_pool, plant):
+    lock_dir = _shared_dir(clean_pool)
+    planted = lock_dir / "gpu0.slot0.lock"
+    if plant == "fifo":
+        os.mkfifo(planted)
+    else:
+        planted.mkdir()
+    with no_hang(10), pytest.raises(gpu.UnsafeLockError,
+                                    match=f"{planted} is not a regular file: refusing"):
+        gpu.claim_gpus(1, gpus=[0], lock_dir=lock_dir, timeout=0)
+
+
+def test_lock_dir_that_is_a_symlink_is_refused(clean_pool, tmp_path):
+    real = _shared_dir(tmp_path / "real")
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    with pytest.raises(gpu.UnsafeLockError, match=f"GPU lock dir {link} is a symlink"):
+        gpu.claim_gpus(1, gpus=[0], lock_dir=link, timeout=0)
+    assert list(real.iterdir()) == []
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    with pytest.raises(gpu.UnsafeLockError, match="is not a directory"):
+        gpu.claim_gpus(1, gpus=[0], lock_dir=not_a_dir, timeout=0)
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o703])
+def test_writable_lock_dir_without_sticky_bit_is_refused(clean_pool, mode):
+    clean_pool.mkdir()
+    clean_pool.chmod(mode)
+    with pytest.raises(gpu.UnsafeLockError) as err:
+        gpu.claim_gpus(1, gpus=[0], lock_dir=clean_pool, timeout=0)
+    msg = str(err.value)
+    assert f"GPU lock dir {clean_pool} is writable by group or others (mode {mode:04o})" in msg
+    assert f"chmod +t {clean_pool}" in msg and "no sticky bit" in msg
+    assert list(clean_pool.iterdir()) == []
+
+
+@pytest.mark.parametrize("mode", [0o1777, 0o1770, 0o755, 0o700])
+def test_sticky_or_private_lock_dir_is_accepted(clean_pool, mode):
+    clean_pool.mkdir()
+    clean_pool.chmod(mode)
+    assert gpu.claim_gpus(1, gpus=[0], lock_dir=clean_pool, timeout=0) == [0]
+
+
+def test_created_lock_dir_is_sticky_and_world_writable_whatever_the_umask(clean_pool):
+    nested = clean_pool / "deeper" / "locks"
+    old_umask = os.umask(0o077)
+    try:
+        assert gpu.claim_gpus(1, gpus=[0], lock_dir=nested, timeout=0) == [0]
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(os.lstat(nested).st_mode) == 0o1777
+    assert stat.S_IMODE((nested / "gpu0.slot0.lock").stat().st_mode) == 0o666
+
+
+def test_lock_file_of_another_user_is_locked_but_not_written(clean_pool, monkeypatch, procs):
+    lock_dir = _shared_dir(clean_pool)
+    lock_file = lock_dir / "gpu0.slot0.lock"
+    lock_file.write_text("pid 1 host elsewhere user alice since 2026-01-01 00:00:00\n")
+    lock_file.chmod(0o666)
+    before = _snapshot(lock_file)
+    monkeypatch.setattr(gpu.os, "geteuid", lambda: os.getuid() + 4242)  # "we" are not its owner
+    assert gpu.claim_gpus(1, gpus=[0], lock_dir=lock_dir, timeout=0) == [0]
+    assert _snapshot(lock_file) == before
+    # Not written, but locked all the same.
+    other = subprocess.run(
+        [sys.executable, "-c", "import fcntl, sys; fcntl.flock(open(sys.argv[1]), "
+         "fcntl.LOCK_EX | fcntl.LOCK_NB)", str(lock_file)],
+        capture_output=True, text=True, timeout=30)
+    assert other.returncode != 0 and "BlockingIOError" in other.stderr
+
+
+def test_hard_linked_lock_file_is_not_written(clean_pool, tmp_path):
+    lock_dir = _shared_dir(clean_pool)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious data\n")
+    os.link(victim, lock_dir / "gpu0.slot0.lock")
+    before = _snapshot(victim)
+    assert gpu.claim_gpus(1, gpus=[0], lock_dir=lock_dir, timeout=0) == [0]
+    assert _snapshot(victim) == before
+
+
+def test_own_lock_file_note_is_rewritten_to_its_length(clean_pool):
+    lock_dir = _shared_dir(clean_pool)
+    lock_file = lock_dir / "gpu0.slot0.lock"
+    lock_file.write_text("x" * 300 + "\n")
+    gpu.claim_gpus(1, gpus=[0], lock_dir=lock_dir, timeout=0)
+    note = lock_file.read_text()
+    assert note.count("\n") == 1 and "x" not in note
+    assert gpu._NOTE_PATTERN.fullmatch(note.strip()).group(1) == str(os.getpid())
