@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
+import warnings
 
 import numpy as np
 import pytest
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 
+from pifi import selection
 from pifi.hidden import load_states, save_states
 from pifi.selection import (
     LayerPCA,
@@ -21,7 +24,6 @@ from pifi.selection import (
     pc_label_correlations,
     pc_patching_effects,
     save_pcas,
-    select_from_report,
     selection_margin,
 )
 
@@ -60,6 +62,23 @@ def reference_effects(states, labels, *, n_pcs=16, top_pc=5, lambdas=(0.5, 1.0))
     return effects
 
 
+def seed_float32_effects(states, labels, *, n_pcs=16, top_pc=5, lambdas=(0.5, 1.0)) -> list[float]:
+    """The seed's code: float32 states straight into scikit-learn, no cast (drops counted in rows)."""
+    targets = [labels] if len(set(labels.tolist())) == 2 else [labels == k for k in sorted(set(labels.tolist()))]
+    effects = []
+    for x in states.astype(np.float32):
+        pca = PCA(n_components=n_pcs, random_state=0)
+        s = pca.fit_transform(x)
+        corr = np.array([max(abs(np.corrcoef(s[:, j], t)[0, 1]) for t in targets) for j in range(n_pcs)])
+        top = np.argsort(-corr, kind="stable")[:top_pc]
+        removed = s[:, top] @ pca.components_[top]
+        probe = LogisticRegression(max_iter=1000).fit(x, labels)
+        correct = (probe.predict(x) == labels).sum()
+        effects.append(max(max(0, correct - (probe.predict(x - lam * removed) == labels).sum()) for lam in lambdas)
+                       / len(labels))
+    return effects
+
+
 def make_layers(num_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """L x N x H states: layer SIGNAL_LAYER separates the classes, the others are pure noise."""
     rng = np.random.default_rng(seed)
@@ -84,6 +103,37 @@ def test_effects_equal_the_reference_implementation(num_classes):
     assert best_layer(effects) == SIGNAL_LAYER
     assert effects[SIGNAL_LAYER] > 0.3
     assert all(0.0 <= e <= 1.0 for e in effects)
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_float32_states_give_exactly_the_seed_float32_effects(num_classes):
+    states, labels = make_layers(num_classes, seed=10)
+    states = states.astype(np.float32)
+    results = layer_effects(states, labels)
+    assert [r.effect for r in results] == seed_float32_effects(states, labels)
+    assert best_layer([r.effect for r in results]) == SIGNAL_LAYER
+
+
+def test_float32_states_stay_float32_through_pca_and_probe(monkeypatch):
+    """The probe is fitted on float32 states and scores float32 patched states: no float64 cast on the way."""
+    states, labels = make_layers(2, seed=11)
+    x = states[SIGNAL_LAYER].astype(np.float32)
+    pca = fit_layer_pca(x, 8)
+    assert pca.scores.dtype == pca.components.dtype == pca.mean.dtype == np.float32
+    seen = []
+
+    class RecordingProbe(LogisticRegression):
+        def fit(self, X, y, sample_weight=None):
+            seen.append(("fit", X.dtype))
+            return super().fit(X, y, sample_weight)
+
+        def predict(self, X):
+            seen.append(("predict", X.dtype))
+            return super().predict(X)
+
+    monkeypatch.setattr(selection, "LogisticRegression", RecordingProbe)
+    patching_effect(x, labels, pca, top_pc=3, lambdas=(0.5, 1.0))
+    assert seen == [("fit", np.float32)] + [("predict", np.float32)] * 3
 
 
 @pytest.mark.parametrize("num_classes", [2, 3])
@@ -218,11 +268,35 @@ def test_save_and_load_pcas_round_trip(tmp_path):
         assert after.components.shape == (5, HIDDEN) and after.scores.shape == (N_SAMPLES, 5)
 
 
-def test_fit_layer_pca_caps_components_at_the_data_shape():
+def test_fit_layer_pca_rejects_more_pcs_than_the_data_allow():
     states, _ = make_layers(2)
-    pca = fit_layer_pca(states[0][:6], 16)
-    assert pca.components.shape == (6, HIDDEN)
-    assert pca.scores.shape == (6, 6)
+    assert fit_layer_pca(states[0][:6], 6).scores.shape == (6, 6)  # exactly min(N, H) is fine
+    with pytest.raises(ValueError, match=r"n_pcs=16.*6 samples.*hidden size 24"):
+        fit_layer_pca(states[0][:6], 16)
+    with pytest.raises(ValueError, match=r"n_pcs=25.*hidden size 24"):
+        fit_layer_pca(states[0], 25)
+
+
+def test_patching_rejects_top_pc_above_the_fitted_pcs():
+    states, labels = make_layers(2)
+    pca = fit_layer_pca(states[0], 4)
+    assert len(patching_effect(states[0], labels, pca, top_pc=4, lambdas=(1.0,)).top_pcs) == 4
+    with pytest.raises(ValueError, match=r"top_pc=5.*\(4\)"):
+        patching_effect(states[0], labels, pca, top_pc=5, lambdas=(1.0,))
+    with pytest.raises(ValueError, match="top_pc=6"):
+        pc_patching_effects(states, labels, n_pcs=5, top_pc=6)
+
+
+# --- probe convergence: recorded per layer, never printed -----------------------------------------------
+
+def test_probe_convergence_is_recorded_and_not_printed(monkeypatch):
+    states, labels = make_layers(3, seed=12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any ConvergenceWarning that escapes fails the test
+        assert all(r.converged for r in layer_effects(states, labels))
+        monkeypatch.setattr(selection, "PROBE_MAX_ITER", 2)
+        capped = layer_effects(states, labels)
+    assert not any(r.converged for r in capped)
 
 
 @pytest.mark.parametrize("num_classes", [2, 3])
@@ -262,37 +336,7 @@ def test_effects_report_starts_with_the_seed_keys_in_order():
     assert report["num_layers"] == NUM_LAYERS
     assert report["probe_accuracy"] == [e.base_accuracy for e in effects]
     assert report["runner_up_layer"] == selection_margin(report["effects"])["runner_up_layer"]
-    import json
-
+    assert report["probe_converged"] == [e.converged for e in effects] == [True] * NUM_LAYERS
+    assert report["selector"] == "ilm_pc_patching"
+    assert report["scores"] == report["effects"]
     json.dumps(report)  # the report must be plain JSON
-
-    selection = select_from_report(report)
-    assert selection["layer"] == SIGNAL_LAYER
-    assert selection["effect"] == report["effects"][SIGNAL_LAYER]
-    assert selection["last_layer_effect"] == report["effects"][-1]
-    assert (selection["dataset"], selection["slm"], selection["llm"]) == ("sst2", "bert", "qwen")
-
-
-def test_selection_stability_win_rates():
-    """A layer that carries the label wins on every subset; win rates are shares that sum to 1."""
-    from pifi.selection import selection_stability
-
-    rng = np.random.default_rng(7)
-    labels = rng.integers(0, 2, size=120)
-    states = rng.normal(size=(4, 120, 24))
-    states[2, :, :3] += 3.0 * labels[:, None]  # only layer 2 encodes the label
-    result = selection_stability(states, labels, n_pcs=6, top_pc=2, resamples=6, fraction=0.75, seed=3)
-    assert result["valid_draws"] == 6
-    assert result["win_rate"] == pytest.approx([0.0, 0.0, 1.0, 0.0])
-    again = selection_stability(states, labels, n_pcs=6, top_pc=2, resamples=6, fraction=0.75, seed=3)
-    assert again == result
-
-
-def test_selection_stability_reaches_the_selection_file():
-    from pifi.selection import select_from_report
-
-    report = {"dataset": "d", "slm_type": "s", "llm_type": "l", "effects": [0.1, 0.3, 0.2],
-              "stability": {"win_rate": [0.2, 0.5, 0.3]}}
-    assert select_from_report(report)["win_rate"] == 0.5
-    del report["stability"]
-    assert select_from_report(report)["win_rate"] is None

@@ -10,20 +10,30 @@ For each decoder layer l with pooled states X_l (N x H) and labels y:
    floored at 0.
 5. effect_l = max over lambdas; the best layer is the argmax (the first on ties).
 
-Accuracies are counted in whole rows, so every effect is an exact multiple of 1/N.
+Everything runs in the states' own arithmetic (float32 for pooled hidden states, as in the seed's
+code): scikit-learn's PCA and LogisticRegression keep float32 input in float32. Only the Pearson
+correlations use float64 internally. Accuracies are counted in whole rows, so every effect is an
+exact multiple of 1/N.
+
+Whether each layer's probe converged is recorded (``LayerEffect.converged``) instead of printing
+scikit-learn's ConvergenceWarning once per fit.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.decomposition import PCA
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 STD_EPS = 1e-8
 PCA_RANDOM_STATE = 0
+PROBE_MAX_ITER = 1000  # the seed's LogisticRegression(max_iter=1000)
+SELECTOR = "ilm_pc_patching"
 
 
 @dataclass(frozen=True)
@@ -40,13 +50,40 @@ class LayerEffect:
     base_accuracy: float            # the probe's accuracy on the unpatched states
     patched_accuracy: dict[float, float]
     top_pcs: list[int]
-    pc_label_correlation: list[float] = field(default_factory=list)
+    pc_label_correlation: list[float]
+    converged: bool                 # did the probe's solver converge within PROBE_MAX_ITER
+
+
+class ConvergenceWatch:
+    """Context manager that catches scikit-learn's ConvergenceWarnings raised inside it.
+
+    None is printed (a probe per layer would print dozens); ``converged`` is False afterwards when
+    at least one was raised, so callers can record it and log one line. Other warnings pass through.
+    """
+
+    def __enter__(self) -> ConvergenceWatch:
+        self.converged = True
+        self._catcher = warnings.catch_warnings(record=True)
+        self._caught = self._catcher.__enter__()
+        warnings.simplefilter("always", ConvergenceWarning)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._catcher.__exit__(*exc_info)
+        for caught in self._caught:
+            if issubclass(caught.category, ConvergenceWarning):
+                self.converged = False
+            else:
+                warnings.warn_explicit(caught.message, caught.category, caught.filename, caught.lineno)
 
 
 def fit_layer_pca(states: np.ndarray, n_pcs: int) -> LayerPCA:
-    """Fit the PCA of one layer's pooled states (N x H)."""
-    states = np.asarray(states, dtype=np.float64)
-    n_pcs = min(n_pcs, *states.shape)
+    """Fit the PCA of one layer's pooled states (N x H), in their own dtype (float32 stays float32)."""
+    states = np.asarray(states)
+    if n_pcs > min(states.shape):
+        raise ValueError(
+            f"n_pcs={n_pcs} is more than the layer's states allow: {states.shape[0]} samples x hidden size "
+            f"{states.shape[1]} give at most {min(states.shape)} PCs; lower n_pcs or use more samples")
     pca = PCA(n_components=n_pcs, random_state=PCA_RANDOM_STATE)
     scores = pca.fit_transform(states)
     return LayerPCA(pca.mean_, pca.components_, scores, pca.explained_variance_ratio_)
@@ -70,22 +107,31 @@ def pc_label_correlations(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def patching_effect(
     states: np.ndarray, labels: np.ndarray, pca: LayerPCA, *, top_pc: int, lambdas: Sequence[float]
 ) -> LayerEffect:
-    """The accuracy drop of a linear probe when the layer's most label-correlated PCs are removed."""
-    states = np.asarray(states, dtype=np.float64)
+    """The accuracy drop of a linear probe when the layer's most label-correlated PCs are removed.
+
+    Computed in the states' own dtype (float32 states: float32 patching and probe).
+    """
+    states = np.asarray(states)
     labels = np.asarray(labels)
+    n_pcs = pca.scores.shape[1]
+    if not 1 <= top_pc <= n_pcs:
+        raise ValueError(f"top_pc={top_pc} must be between 1 and the number of PCs fitted ({n_pcs}); "
+                         f"lower top_pc or fit more PCs (n_pcs)")
     correlation = pc_label_correlations(pca.scores, labels)
     # Stable sort on -c keeps the lower PC index first on ties.
     top = np.argsort(-correlation, kind="stable")[:top_pc]
     removed = pca.scores[:, top] @ pca.components[top]
-    probe = LogisticRegression(max_iter=1000).fit(states, labels)
+    with ConvergenceWatch() as watch:
+        probe = LogisticRegression(max_iter=PROBE_MAX_ITER).fit(states, labels)
     n = len(labels)
     base_correct = int((probe.predict(states) == labels).sum())
     patched, best_drop = {}, 0
-    for lam in lambdas:
+    for lam in map(float, lambdas):  # a Python float keeps float32 states float32 (NumPy 2 promotion)
         correct = int((probe.predict(states - lam * removed) == labels).sum())
-        patched[float(lam)] = correct / n
+        patched[lam] = correct / n
         best_drop = max(best_drop, base_correct - correct)
-    return LayerEffect(best_drop / n, base_correct / n, patched, [int(j) for j in top], correlation.tolist())
+    return LayerEffect(best_drop / n, base_correct / n, patched, [int(j) for j in top], correlation.tolist(),
+                       watch.converged)
 
 
 def _as_layers(states: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -148,13 +194,13 @@ def save_pcas(path, pcas: Sequence[LayerPCA]) -> None:
 
 
 def load_pcas(path) -> list[LayerPCA]:
-    from safetensors import safe_open
+    """Read what ``save_pcas`` wrote, checksum verified."""
+    from pifi.artifacts import read_safetensors
 
-    with safe_open(str(path), framework="np") as handle:
-        num_layers = int(handle.metadata()["num_layers"])
-        return [LayerPCA(*(handle.get_tensor(f"layer.{layer}.{name}")
-                           for name in ("mean", "components", "scores", "explained_variance_ratio")))
-                for layer in range(num_layers)]
+    tensors, metadata = read_safetensors(path, framework="np")
+    return [LayerPCA(*(tensors[f"layer.{layer}.{name}"]
+                       for name in ("mean", "components", "scores", "explained_variance_ratio")))
+            for layer in range(int(metadata["num_layers"]))]
 
 
 def effects_report(effects: Sequence[LayerEffect], **fields) -> dict:
@@ -180,52 +226,11 @@ def effects_report(effects: Sequence[LayerEffect], **fields) -> dict:
         "patched_accuracy": [{str(k): v for k, v in e.patched_accuracy.items()} for e in effects],
         "top_pcs": [e.top_pcs for e in effects],
         "pc_label_correlation": [e.pc_label_correlation for e in effects],
+        "probe_converged": [e.converged for e in effects],
         # transformers returns the last layer's state after the final norm: not on the others' scale.
         "last_layer_post_norm": True,
+        # The keys every selector's score file shares (see pifi.selectors).
+        "selector": SELECTOR,
+        "scores": values,
     })
     return report
-
-
-SELECTOR = "ilm_pc_patching"
-
-
-def select_from_report(report: dict) -> dict:
-    """The selection file: which layer, chosen how, and how clearly it won."""
-    effects = report["effects"]
-    layer = best_layer(effects)
-    return {
-        "dataset": report["dataset"], "slm": report["slm_type"], "llm": report["llm_type"],
-        "selector": SELECTOR, "layer": layer, "effect": effects[layer],
-        **selection_margin(effects),
-        "last_layer_effect": effects[-1], "num_layers": len(effects),
-        # Share of resampled selections this layer won (None when stability was not measured).
-        "win_rate": report["stability"]["win_rate"][layer] if "stability" in report else None,
-    }
-
-
-def selection_stability(
-    states: np.ndarray | Sequence[np.ndarray], labels: np.ndarray | Sequence[int], *,
-    n_pcs: int = 16, top_pc: int = 5, lambdas: Sequence[float] = (0.5, 1.0),
-    resamples: int = 10, fraction: float = 0.8, seed: int = 0,
-) -> dict:
-    """How often each layer wins when the selection is redone on random subsets of the samples.
-
-    The winning layer often beats the runner-up by a few rows; a layer that wins on most subsets
-    is a choice, one that wins on few is a coin toss. Returns per-layer win rates over
-    ``resamples`` draws of ``fraction`` of the rows (without replacement, seeded).
-    """
-    layers = _as_layers(states)
-    labels = np.asarray(labels)
-    wins = np.zeros(len(layers), dtype=int)
-    rng = np.random.default_rng(seed)
-    size = max(2, int(round(fraction * len(labels))))
-    for _ in range(resamples):
-        rows = np.sort(rng.choice(len(labels), size=size, replace=False))
-        if len(np.unique(labels[rows])) < 2:
-            continue  # a one-class subset cannot train the probe
-        effects = pc_patching_effects([layer[rows] for layer in layers], labels[rows],
-                                      n_pcs=n_pcs, top_pc=top_pc, lambdas=lambdas)
-        wins[best_layer(effects)] += 1
-    draws = int(wins.sum())
-    return {"resamples": resamples, "fraction": fraction, "seed": seed, "valid_draws": draws,
-            "win_rate": (wins / draws).tolist() if draws else [0.0] * len(layers)}
