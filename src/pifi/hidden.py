@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
-from tqdm.auto import tqdm
+
+from pifi.progress import progress as report_progress
 
 
 def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -41,7 +43,8 @@ def pooled_layer_states(
     model.eval()
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     pooled: list[torch.Tensor] = []
-    for start in tqdm(range(0, len(order), batch_size), desc="hidden states", disable=not progress):
+    starts = range(0, len(order), batch_size)
+    for start in report_progress(starts, total=len(starts), desc="hidden states") if progress else starts:
         batch = [texts[i] for i in order[start:start + batch_size]]
         encoded = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         encoded = {key: value.to(device) for key, value in encoded.items()}
@@ -56,31 +59,48 @@ def pooled_layer_states(
     return states[:, restore]
 
 
-def load_llm_for_states(path, *, device: torch.device, trust_remote_code: bool = False):
-    """The LLM's base model (no LM head) and tokenizer, fp32 on CPU and bf16 on GPU."""
+def load_llm_for_states(path, *, device: torch.device, dtype: str = "float32", trust_remote_code: bool = False):
+    """The LLM's base model (no LM head) and tokenizer, weights only from safetensors.
+
+    float32 by default on every device, so the same data give the same states (and layer) on CPU
+    and GPU; bfloat16 halves memory for large LLMs (GPU only: CPU bf16 matmuls are slow).
+    """
     from transformers import AutoModel, AutoTokenizer
 
-    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else (
-        torch.float16 if device.type == "cuda" else torch.float32)
+    from pifi.model_sources import LOAD_KWARGS
+
+    torch_dtype = getattr(torch, dtype)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    if tokenizer.pad_token is None:
-        # Decoder tokenizers often have no pad token; any id works because the mask hides it.
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code).to(device)
+    ensure_pad_token(tokenizer)
+    model = AutoModel.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                                      **LOAD_KWARGS).to(device)
     return model, tokenizer
+
+
+def ensure_pad_token(tokenizer) -> None:
+    """Give a tokenizer without a pad token one it already has (eos, else unk, else id 0).
+
+    Decoder tokenizers often have no pad token; any id works because the attention mask hides it,
+    and reusing a known token keeps the embedding matrix as it is.
+    """
+    if tokenizer.pad_token is not None:
+        return
+    fallback = tokenizer.eos_token or tokenizer.unk_token or tokenizer.convert_ids_to_tokens(0)
+    tokenizer.pad_token = fallback
 
 
 def save_states(path, states: torch.Tensor, labels, *, metadata: dict[str, str] | None = None) -> None:
     """Write L x N x H states and N labels as one safetensors file (atomically)."""
     from pifi.artifacts import write_safetensors
 
+    # np.array copies: pandas' arrays may be read-only, which torch warns about.
     write_safetensors(path, {"states": states.to(torch.float32),
-                             "labels": torch.as_tensor(labels, dtype=torch.long)}, metadata)
+                             "labels": torch.as_tensor(np.array(labels), dtype=torch.long)}, metadata)
 
 
 def load_states(path):
-    """Read what ``save_states`` wrote: (L x N x H float32 array, N int labels)."""
-    from safetensors.numpy import load_file
+    """Read what ``save_states`` wrote, checksum verified: (L x N x H float32 array, N int labels)."""
+    from pifi.artifacts import read_safetensors
 
-    tensors = load_file(str(path))
+    tensors, _ = read_safetensors(path, framework="np")
     return tensors["states"], tensors["labels"]

@@ -1,6 +1,8 @@
 """What every workflow script does first: log to the rule's log, claim a GPU, pick the device.
 
 Scripts stay thin: they read ``snakemake.input/params``, call the library and write outputs.
+A job's stderr goes to its log; if the job fails, one line naming the rule, the error and the log
+is also printed on the console Snakemake is showing, so the reason is where the user looks.
 """
 
 from __future__ import annotations
@@ -8,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
+import warnings
 
 import torch
 
@@ -15,18 +19,56 @@ log = logging.getLogger("pifi")
 
 
 def start_job(snakemake) -> logging.Logger:
-    """Send this process's stderr (warnings, progress bars) and logging to the rule's log file."""
+    """Send this process's stderr (warnings, progress) and logging to the rule's log file."""
+    console = None
     if snakemake.log:
+        console = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)  # Snakemake's console
         handle = open(snakemake.log[0], "a", buffering=1)
         os.dup2(handle.fileno(), sys.stderr.fileno())  # C-level output too
         sys.stderr = handle
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not sys.stderr.isatty():
+        _quiet_progress_bars()
+    logging.captureWarnings(True)
+    warnings.simplefilter("once")  # a warning raised in a loop is logged once, not per step
+    sys.excepthook = _report_failure(snakemake, console)
     # As many CPU threads as the rule was given: parallel jobs must not oversubscribe the cores.
     torch.set_num_threads(max(1, int(snakemake.threads)))
     log.info("rule %s, wildcards %s, threads %d", snakemake.rule, dict(snakemake.wildcards.items()),
              torch.get_num_threads())
     return log
+
+
+def _quiet_progress_bars() -> None:
+    """Library progress bars (weight loading, downloads) would be lines of carriage returns in a log."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when huggingface_hub is imported
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+
+
+def failure_line(rule: str, wildcards: dict, error: BaseException, log_path: str | None) -> str:
+    """One line a person can act on: where it failed, what the error says, where the rest is."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    where = ", ".join(f"{k}={v}" for k, v in wildcards.items())
+    tail = f" (traceback: {log_path})" if log_path else ""
+    return f"PiFi error in {rule}[{where}]: {type(error).__name__}: {message}{tail}"
+
+
+def _report_failure(snakemake, console):
+    def hook(kind, error, tb):
+        log.error("job failed:\n%s", "".join(traceback.format_exception(kind, error, tb)).rstrip())
+        line = failure_line(snakemake.rule, dict(snakemake.wildcards.items()), error,
+                            snakemake.log[0] if snakemake.log else None)
+        (console or sys.__stderr__).write(line + "\n")
+
+    return hook
 
 
 def job_device(snakemake) -> torch.device:

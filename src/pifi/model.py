@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel
 
+from pifi.model_sources import LOAD_KWARGS
 from pifi.plugged_layer import PluggedDecoderLayer, build_plugged_layer, text_config
 
 FROZEN_PREFIX = "plug."
@@ -65,7 +66,7 @@ class PiFiClassifier(nn.Module):
 
 def _load_encoder(slm_path: str, *, pretrained: bool, trust_remote_code: bool) -> nn.Module:
     if pretrained:
-        encoder = AutoModel.from_pretrained(slm_path, trust_remote_code=trust_remote_code)
+        encoder = AutoModel.from_pretrained(slm_path, trust_remote_code=trust_remote_code, **LOAD_KWARGS)
     else:
         config = AutoConfig.from_pretrained(slm_path, trust_remote_code=trust_remote_code)
         encoder = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
