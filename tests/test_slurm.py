@@ -173,7 +173,7 @@ def test_tiny_pipeline_through_slurm_profile(slurm_cluster: SlurmCluster, tmp_pa
 
     root = tmp_path / "project"
     root.mkdir()
-    config = write_tiny_project(root)
+    config = write_tiny_project(root, seeds=(1,), datasets=("topics",))  # every rule, fewest jobs
     env = snakemake_env(slurm_cluster)
     base = ["--snakefile", snakefile, "--directory", root, "--configfile", config]
 

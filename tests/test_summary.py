@@ -1,131 +1,350 @@
-"""The comparison table over runs and its Markdown report, from fake metrics files."""
+"""The judge: summary tables from a synthetic project whose answers are known by hand.
+
+One dataset x SLM x LLM (an LLM of 6 decoder layers), 3 seeds, 100 test rows. In every run the first
+k rows (by row id) are predicted right and the rest wrong, so correctness is nested across runs and
+every accuracy, difference and regret below is hand-computed. Each run's rows are written in its own
+shuffled order, so pairing depends on the summary sorting by row id.
+
+    run          seeds' test correct   validation accuracy   why trained
+    base         50, 52, 54            0.60 each             -
+    layer 0      70 each               0.70, 0.72, 0.74      swept; ilm_pc_patching's choice
+    layer 1      95 each               0.95 each             fisher's choice only (not swept)
+    layer 2      75 each               0.80 each             swept: best validation -> the oracle
+    layer 5      85 each               0.76 each             swept (-1) and pifi_last: best *test*
+
+The sweep is {layers: [0, 2, -1]}: layers 0, 2 and 5. Oracle = 2 (validation), not 5 (test) nor 1
+(best validation of all, but not swept).
+"""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
+import pandas as pd
 import pytest
 
-from pifi.artifacts import write_json
-from pifi.summary import markdown_report, selections_table, summarize_runs
+from pifi.artifacts import read_json, write_json, write_parquet
+from pifi.choice import scores_report, selection_record
+from pifi.evaluation import classification_metrics, predictions_frame
+from pifi.summary import Bootstrap, build_tables, correctness, load_runs, markdown_report, method_runs
 
-ACCURACY = {  # (dataset, method, seed) -> accuracy
-    ("sst2", "base", 1): 0.80, ("sst2", "base", 2): 0.90,
-    ("sst2", "pifi_last", 1): 0.82, ("sst2", "pifi_last", 2): 0.84,
-    ("sst2", "pifi_ilm", 1): 0.86, ("sst2", "pifi_ilm", 2): 0.88,
-    ("topics", "base", 1): 0.70,
-    ("topics", "pifi_last", 1): 0.72,
-    ("topics", "pifi_ilm", 1): 0.75,
+DATASET, SLM, LLM = "sst2", "tiny_bert", "tiny_qwen"
+DEPTH = 6
+SEEDS = (1, 2, 3)
+ROWS = 100
+BOOT = Bootstrap(n_resamples=500)
+SWEEP = {"layers": [0, 2, -1], "stride": 1}
+ALL_METHODS = ["base", "pifi_last", "pifi_ilm", "pifi_sweep"]
+
+# layer (None = base) -> (test rows correct per seed, validation accuracy per seed)
+RUNS = {
+    None: ((50, 52, 54), (0.60, 0.60, 0.60)),
+    0: ((70, 70, 70), (0.70, 0.72, 0.74)),
+    1: ((95, 95, 95), (0.95, 0.95, 0.95)),
+    2: ((75, 75, 75), (0.80, 0.80, 0.80)),
+    5: ((85, 85, 85), (0.76, 0.76, 0.76)),
 }
-LAYER = {"base": None, "pifi_last": 2, "pifi_ilm": 1}
+
+# selector -> (scores per layer, converged per layer); the chosen layer is the argmax
+SCORES = {
+    "ilm_pc_patching": ([0.9, 0.1, 0.2, 0.3, 0.4, 0.5], [True] * 6),        # -> 0; rho -1 on {0, 2, 5}
+    "probe_cv": ([0.72, 0.1, 0.80, 0.3, 0.4, 0.76], [True] * 5 + [False]),  # -> 2 (the oracle); rho +1
+    "fisher": ([1.0, 9.0, 3.0, 0.0, 0.0, 2.0], None),                       # -> 1 (not swept); rho +1
+    "last": ([0.0, 1.0, 2.0, 3.0, 4.0, 5.0], None),                         # -> 5; rho +0.5
+    "silhouette": ([2.0, 0.0, 3.0, 5.0, 0.0, 1.0], None),                   # -> 3 (never trained); rho +0.5
+}
+STABILITY = {"ilm_pc_patching": {"win_rate": [0.6, 0.0, 0.1, 0.1, 0.1, 0.1], "modal_layer": 0}}
 
 
-def metrics(dataset: str, method: str, seed: int) -> dict:
-    accuracy = ACCURACY[(dataset, method, seed)]
-    return {
-        "dataset": dataset, "slm": "tiny_bert", "llm": None if method == "base" else "tiny_llama",
-        "method": method, "seed": seed, "llm_layer": LAYER[method],
-        "accuracy": accuracy, "macro_f1": accuracy - 0.01, "mcc": 2 * accuracy - 1,
-        "test_rows": 100, "best_epoch": 2, "train_seconds": 10.0 * seed,
-        "trainable_params": 1000 if method == "base" else 4000, "total_params": 1000 if method == "base" else 9000,
-    }
+def _write_run(root, layer, seed_index: int) -> str:
+    correct_counts, validation = RUNS[layer]
+    seed, k = SEEDS[seed_index], correct_counts[seed_index]
+    run_dir = (root / "results/runs" / DATASET / SLM / "base" / f"seed{seed}" if layer is None else
+               root / "results/runs" / DATASET / SLM / "pifi" / LLM / f"layer{layer}" / f"seed{seed}")
+    labels = np.arange(ROWS) % 2
+    predictions = np.where(np.arange(ROWS) < k, labels, 1 - labels)
+    probabilities = np.eye(2)[predictions] * 0.8 + 0.1
+    frame = predictions_frame([f"test-{i:06d}" for i in range(ROWS)], labels, probabilities)
+    order = np.random.default_rng(100 * seed + (layer or 0) + 7).permutation(ROWS)
+    write_parquet(run_dir / "predictions.parquet", frame.iloc[order].reset_index(drop=True))
+    metrics = classification_metrics(labels, predictions)
+    assert metrics["accuracy"] == k / ROWS
+    base = layer is None
+    write_json(run_dir / "metrics.json", {
+        "dataset": DATASET, "slm": SLM, "llm": None if base else LLM, "method": "base" if base else "pifi",
+        "llm_layer": None if base else layer, "num_layers": None if base else DEPTH, "seed": seed, **metrics,
+        "test_rows": ROWS, "best_epoch": 2, "validation_accuracy": validation[seed_index],
+        "trainable_params": 1000 if base else 5000, "total_params": 1000 if base else 9000})
+    return str(run_dir / "metrics.json")
 
 
-@pytest.fixture
-def metrics_files(tmp_path):
-    files = []
-    # written in an order that is not the table's: pifi_ilm first, base last
-    for (dataset, method, seed) in sorted(ACCURACY, key=lambda k: (k[1] != "pifi_ilm", k[1] == "base", k)):
-        path = tmp_path / "runs" / dataset / method / f"seed{seed}" / "metrics.json"
-        write_json(path, metrics(dataset, method, seed))
-        files.append(path)
+def write_project(root, *, layers=(None, 0, 1, 2, 5), selector: str | None = "ilm_pc_patching",
+                  selectors=tuple(SCORES)) -> dict[str, list[str]]:
+    """Run files for ``layers`` (None = base) x SEEDS; with ``selector``, score files and selection.json."""
+    files = {"metrics": [_write_run(root, layer, i) for layer in layers for i in range(len(SEEDS))],
+             "selections": [], "scores": []}
+    if selector is None:
+        return files
+    reports = {}
+    for name in selectors:
+        scores, converged = SCORES[name]
+        fields = {"dataset": DATASET, "llm_type": LLM}
+        if name == "ilm_pc_patching":  # the seed's effects.json: it names the SLM, and has `effects`
+            fields.update(slm_type=SLM, effects=scores, best_llm_layer=int(np.argmax(scores)))
+        reports[name] = scores_report(name, scores, converged=converged, stability=STABILITY.get(name),
+                                      params={}, **fields)
+        path = root / "results/selection" / DATASET / LLM / f"{name}.json"
+        write_json(path, reports[name])
+        files["scores"].append(str(path))
+    path = root / "results/selection" / DATASET / SLM / LLM / "selection.json"
+    write_json(path, selection_record(reports, selector, dataset=DATASET, slm=SLM, llm=LLM))
+    files["selections"].append(str(path))
     return files
 
 
-@pytest.fixture
-def selection_files(tmp_path):
-    files = []
-    for dataset, layer, runner_up, margin, win_rate in (("sst2", 1, 2, 0.0125, 0.7), ("topics", 0, 1, 0.0, None)):
-        path = tmp_path / "selection" / dataset / "selection.json"
-        write_json(path, {"dataset": dataset, "slm": "tiny_bert", "llm": "tiny_llama", "selector": "ilm_pc_patching",
-                          "layer": layer, "effect": 0.25, "runner_up_layer": runner_up,
-                          "margin": margin, "win_rate": win_rate, "last_layer_effect": 0.1, "num_layers": 3})
-        files.append(path)
-    return files
+def tables_for(files, methods=ALL_METHODS, sweep=SWEEP):
+    return build_tables(files["metrics"], files["selections"], files["scores"], methods=methods, sweep=sweep,
+                        boot=BOOT)
 
 
-def test_summary_means_stds_and_method_order(metrics_files):
-    table = summarize_runs(metrics_files)
-    assert len(table) == 6
-    assert table[["dataset", "method"]].values.tolist() == [
-        ["sst2", "base"], ["sst2", "pifi_last"], ["sst2", "pifi_ilm"],
-        ["topics", "base"], ["topics", "pifi_last"], ["topics", "pifi_ilm"]]
-    row = table.iloc[0]
-    assert row["llm"] == "-" and row["llm_layer"] == "-"
-    assert row["n_seeds"] == 2
-    assert row["accuracy_mean"] == pytest.approx(0.85)
-    assert row["accuracy_std"] == pytest.approx(math.sqrt(((0.05 ** 2) * 2) / 1))  # sample std over 2 seeds
-    assert row["mcc_mean"] == pytest.approx(0.7)
-    assert row["train_seconds_mean"] == pytest.approx(15.0)
-    ilm = table[(table["dataset"] == "sst2") & (table["method"] == "pifi_ilm")].iloc[0]
-    assert ilm["llm"] == "tiny_llama" and ilm["llm_layer"] == "1"
-    assert ilm["accuracy_mean"] == pytest.approx(0.87) and ilm["accuracy_std"] == pytest.approx(0.0141421356)
-    assert ilm["trainable_params"] == 4000 and ilm["total_params"] == 9000
-    last = table[(table["dataset"] == "sst2") & (table["method"] == "pifi_last")].iloc[0]
-    assert last["llm_layer"] == "2"
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    files = write_project(root)
+    return files, tables_for(files)
 
 
-def test_one_seed_has_zero_std(metrics_files):
-    table = summarize_runs(metrics_files)
-    topics = table[table["dataset"] == "topics"]
-    assert (topics["n_seeds"] == 1).all()
-    for metric in ("accuracy", "macro_f1", "mcc"):
-        assert (topics[f"{metric}_std"] == 0.0).all()
-    assert topics["accuracy_mean"].tolist() == pytest.approx([0.70, 0.72, 0.75])
+def _by(table: pd.DataFrame, column: str) -> dict:
+    return {value: row for value, row in zip(table[column], table.to_dict("records"))}
 
 
-def test_no_runs_is_an_error():
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+# --- summary -------------------------------------------------------------------------------------
+
+def test_summary_has_every_method_with_its_layer_and_hand_computed_accuracy(project):
+    summary = project[1]["summary"]
+    assert list(summary["method"]) == ["base", "pifi_last", "pifi_ilm", "pifi_oracle"]
+    rows = _by(summary, "method")
+    # pifi_last = depth - 1; pifi_ilm = ilm_pc_patching's layer; oracle = best validation among {0, 2, 5}
+    assert {m: r["llm_layer"] for m, r in rows.items()} == {
+        "base": "-", "pifi_last": "5", "pifi_ilm": "0", "pifi_oracle": "2"}
+    expected = {"base": (0.52, 0.02), "pifi_last": (0.85, 0.0), "pifi_ilm": (0.70, 0.0), "pifi_oracle": (0.75, 0.0)}
+    for method, (mean, std) in expected.items():
+        row = rows[method]
+        assert row["accuracy_mean"] == pytest.approx(mean), method
+        assert row["accuracy_std"] == pytest.approx(std, abs=1e-12), method
+        assert row["n_seeds"] == 3
+        assert row["accuracy_low"] <= mean <= row["accuracy_high"], method
+        assert row["llm"] == LLM
+    # base's seeds differ (50, 52, 54 of 100 rows), so its interval has width; a constant PiFi layer's
+    # seeds agree, but its rows are still resampled
+    assert rows["base"]["accuracy_high"] - rows["base"]["accuracy_low"] > 0.02
+    assert rows["pifi_oracle"]["validation_accuracy_mean"] == pytest.approx(0.80)
+    assert rows["pifi_ilm"]["validation_accuracy_mean"] == pytest.approx(0.72)
+    assert (rows["base"]["trainable_params"], rows["pifi_last"]["total_params"]) == (1000, 9000)
+
+
+def test_oracle_follows_validation_not_test_and_ignores_unswept_layers(project):
+    summary, layers = project[1]["summary"], project[1]["layers"]
+    best_test_swept = layers[layers["swept"]].sort_values("test_mean")["layer"].iloc[-1]
+    best_val_overall = layers.sort_values("val_mean")["layer"].iloc[-1]
+    assert (best_test_swept, best_val_overall) == (5, 1)  # the traps the oracle must not fall into
+    assert _by(summary, "method")["pifi_oracle"]["llm_layer"] == "2"
+
+
+def test_method_runs_views_are_the_layers_runs(project):
+    files, _ = project
+    runs = load_runs(files["metrics"])
+    selections = {(DATASET, SLM, LLM): {**read_json(files["selections"][0]), "swept_layers": [0, 2, 5]}}
+    views = method_runs(runs, selections, ALL_METHODS)
+    assert sorted(views) == sorted((DATASET, SLM, LLM, m) for m in ("base", "pifi_last", "pifi_ilm", "pifi_oracle"))
+    assert sorted(views[(DATASET, SLM, LLM, "pifi_oracle")]["llm_layer"]) == [2, 2, 2]
+    assert sorted(views[(DATASET, SLM, LLM, "base")]["seed"]) == [1, 2, 3]
+    # seeds x rows, rows in row-id order: base seed 2 has its first 52 rows right
+    matrix = correctness(views[(DATASET, SLM, LLM, "base")])
+    assert matrix.shape == (3, ROWS)
+    assert matrix.sum(axis=1).tolist() == [50, 52, 54]
+    assert matrix[1, :52].all() and not matrix[1, 52:].any()
+
+
+# --- comparisons ---------------------------------------------------------------------------------
+
+def test_comparisons_name_the_winner_of_a_clear_gap(project):
+    comparisons = project[1]["comparisons"]
+    by_pair = {(r["a"], r["b"]): r for r in comparisons.to_dict("records")}
+    assert list(by_pair) == [("pifi_ilm", "base"), ("pifi_ilm", "pifi_last"), ("pifi_last", "base"),
+                             ("pifi_oracle", "pifi_ilm")]
+    expected = {("pifi_ilm", "base"): 0.18, ("pifi_ilm", "pifi_last"): -0.15, ("pifi_last", "base"): 0.33,
+                ("pifi_oracle", "pifi_ilm"): 0.05}
+    for pair, difference in expected.items():
+        row = by_pair[pair]
+        assert row["difference"] == pytest.approx(difference), pair
+        assert row["significant"], pair
+        assert row["low"] <= difference <= row["high"], pair
+        assert (row["low"] > 0) == (difference > 0) and (row["high"] < 0) == (difference < 0), pair
+    assert by_pair[("pifi_ilm", "base")]["verdict"].startswith("pifi_ilm better than base (+18.00 pts, 95% CI +")
+    assert by_pair[("pifi_ilm", "pifi_last")]["verdict"].startswith("pifi_ilm worse than pifi_last (-15.00 pts")
+    assert by_pair[("pifi_oracle", "pifi_ilm")]["verdict"].startswith("pifi_oracle better than pifi_ilm (+5.00 pts")
+
+
+def test_identical_predictions_are_no_significant_difference(tmp_path):
+    files = write_project(tmp_path, selector="probe_cv")  # probe_cv picks layer 2, the oracle itself
+    tables = tables_for(files)
+    assert _by(tables["summary"], "method")["pifi_ilm"]["llm_layer"] == "2"
+    row = tables["comparisons"].set_index(["a", "b"]).loc[("pifi_oracle", "pifi_ilm")]
+    assert (row["difference"], row["low"], row["high"]) == (0.0, 0.0, 0.0)
+    assert not row["significant"]
+    assert row["verdict"] == "no significant difference (+0.00 pts, 95% CI +0.00 to +0.00)"
+    selectors = _by(tables["selectors"], "selector")
+    assert [name for name, r in selectors.items() if r["drives_pifi_ilm"]] == ["probe_cv"]
+
+
+# --- selectors -----------------------------------------------------------------------------------
+
+def test_selectors_regret_rank_and_spearman_match_hand_values(project):
+    selectors = _by(project[1]["selectors"], "selector")
+    assert sorted(selectors) == sorted(SCORES)
+    # selector: (layer, regret = test(oracle 2) - test(layer), rank among val {0: .72, 2: .80, 5: .76}, rho)
+    expected = {"ilm_pc_patching": (0, 0.05, 3, -1.0), "probe_cv": (2, 0.0, 1, 1.0), "fisher": (1, -0.20, 1, 1.0),
+                "last": (5, -0.10, 2, 0.5)}
+    for name, (layer, regret, rank, rho) in expected.items():
+        row = selectors[name]
+        assert row["layer"] == layer, name
+        assert row["oracle_layer"] == 2, name
+        assert row["regret"] == pytest.approx(regret, abs=1e-12), name
+        assert row["regret_low"] <= regret <= row["regret_high"], name
+        assert row["rank"] == rank, name
+        assert row["n_swept"] == 3, name
+        assert row["spearman_rho"] == pytest.approx(rho), name
+    assert (selectors["probe_cv"]["regret_low"], selectors["probe_cv"]["regret_high"]) == (0.0, 0.0)
+    assert not selectors["probe_cv"]["regret_significant"]
+    assert selectors["ilm_pc_patching"]["regret_significant"]
+    assert selectors["fisher"]["regret_significant"] and selectors["fisher"]["regret_high"] < 0  # really better
+
+
+def test_selector_with_untrained_layer_gets_no_regret(project):
+    row = _by(project[1]["selectors"], "selector")["silhouette"]
+    assert row["layer"] == 3
+    for column in ("regret", "regret_low", "regret_high", "rank"):
+        assert _missing(row[column]), column
+    assert not row["regret_significant"]
+    # its scores can still be set against the sweep: {0: 2, 2: 3, 5: 1} vs {0: .72, 2: .80, 5: .76}
+    assert row["spearman_rho"] == pytest.approx(0.5)
+
+
+def test_selectors_record_driver_margin_stability_and_convergence(project):
+    selectors = _by(project[1]["selectors"], "selector")
+    assert {n for n, r in selectors.items() if r["drives_pifi_ilm"]} == {"ilm_pc_patching"}
+    ilm = selectors["ilm_pc_patching"]
+    assert ilm["margin"] == pytest.approx(0.9 - 0.5)
+    assert ilm["win_rate"] == pytest.approx(0.6)
+    assert ilm["modal_layer"] == 0
+    assert _missing(selectors["fisher"]["win_rate"])
+    assert ilm["converged"] is True
+    assert selectors["probe_cv"]["converged"] is False  # one layer's probe did not converge
+    assert _missing(selectors["fisher"]["converged"])
+
+
+def test_selector_scores_table_marks_each_choice(project):
+    scores = project[1]["selector_scores"]
+    assert len(scores) == len(SCORES) * DEPTH
+    chosen = scores[scores["chosen"]].set_index("selector")["layer"].to_dict()
+    assert chosen == {"ilm_pc_patching": 0, "probe_cv": 2, "fisher": 1, "last": 5, "silhouette": 3}
+    fisher = scores[scores["selector"] == "fisher"].sort_values("layer")["score"].tolist()
+    assert fisher == SCORES["fisher"][0]
+
+
+# --- layers --------------------------------------------------------------------------------------
+
+def test_layers_table_marks_swept_layers_and_intervals(project):
+    layers = project[1]["layers"].set_index("layer")
+    assert list(layers.index) == [0, 1, 2, 5]
+    assert layers["swept"].to_dict() == {0: True, 1: False, 2: True, 5: True}
+    assert layers["val_mean"].to_dict() == pytest.approx({0: 0.72, 1: 0.95, 2: 0.80, 5: 0.76})
+    assert layers["test_mean"].to_dict() == pytest.approx({0: 0.70, 1: 0.95, 2: 0.75, 5: 0.85})
+    # layer 0's validation: 0.70, 0.72, 0.74 -> mean .72, sd .02, t(0.975, 2) = 4.302653
+    half = 4.302653 * 0.02 / math.sqrt(3)
+    assert (layers.loc[0, "val_low"], layers.loc[0, "val_high"]) == pytest.approx((0.72 - half, 0.72 + half), abs=1e-6)
+    assert (layers.loc[2, "val_low"], layers.loc[2, "val_high"]) == pytest.approx((0.80, 0.80))  # constant
+    for layer, row in layers.iterrows():
+        assert row["test_low"] <= row["test_mean"] <= row["test_high"], layer
+
+
+def test_stride_sweep_gives_the_same_swept_set(tmp_path):
+    files = write_project(tmp_path)
+    # all layers every 2nd from 0, plus the last: {0, 2, 4, 5}; layer 4 has no runs (e.g. failed)
+    tables = tables_for(files, sweep={"layers": "all", "stride": 2})
+    layers = tables["layers"].set_index("layer")
+    assert layers["swept"].to_dict() == {0: True, 1: False, 2: True, 5: True}
+    assert _by(tables["summary"], "method")["pifi_oracle"]["llm_layer"] == "2"
+    assert set(tables["selectors"]["n_swept"]) == {3}
+
+
+# --- other method sets ---------------------------------------------------------------------------
+
+def test_without_sweep_no_oracle_and_no_regret(tmp_path):
+    # what a run without pifi_sweep trains: the driving selector's layer and the last
+    files = write_project(tmp_path, layers=(None, 0, 5))
+    tables = tables_for(files, methods=["base", "pifi_last", "pifi_ilm"], sweep=None)
+    assert list(tables["summary"]["method"]) == ["base", "pifi_last", "pifi_ilm"]
+    assert [(r["a"], r["b"]) for r in tables["comparisons"].to_dict("records")] == [
+        ("pifi_ilm", "base"), ("pifi_ilm", "pifi_last"), ("pifi_last", "base")]
+    selectors = tables["selectors"]
+    assert len(selectors) == len(SCORES)
+    for column in ("regret", "rank", "spearman_rho", "oracle_layer", "n_swept"):
+        assert all(_missing(v) for v in selectors[column]), column
+    assert not tables["layers"]["swept"].any()
+    report = markdown_report(tables)
+    assert "nan" not in report.lower()
+    assert "pifi_oracle" not in report.split("## Is the difference real?")[1]
+
+
+def test_base_only_builds_without_selections(tmp_path):
+    files = write_project(tmp_path, layers=(None,), selector=None)
+    tables = build_tables(files["metrics"], [], [], methods=["base"], boot=BOOT)
+    summary = tables["summary"]
+    assert summary[["dataset", "slm", "llm", "method", "llm_layer"]].values.tolist() == [
+        [DATASET, SLM, "-", "base", "-"]]
+    assert summary["accuracy_mean"].iloc[0] == pytest.approx(0.52)
+    assert all(len(tables[name]) == 0 for name in ("comparisons", "layers", "selectors", "selector_scores"))
+    for name, table in tables.items():  # every table, even an empty one, has its header for the CSV
+        assert len(table.columns) > 0, name
+    report = markdown_report(tables)
+    assert "| sst2 | tiny_bert | - | base | - | 3 | 52.00 ± 2.00 |" in report
+    assert "## Which selector to trust" not in report
+
+
+def test_load_runs_without_files_raises():
     with pytest.raises(ValueError, match="no runs"):
-        summarize_runs([])
+        load_runs([])
 
 
-def test_markdown_report_has_a_row_per_dataset_and_method_and_the_selection_table(metrics_files, selection_files):
-    table = summarize_runs(metrics_files)
-    selections = selections_table(selection_files)
-    assert selections["layer"].tolist() == [1, 0]
-    report = markdown_report(table, selections)
+# --- markdown ------------------------------------------------------------------------------------
+
+def test_markdown_report_carries_the_key_numbers(project):
+    tables = project[1]
+    report = markdown_report(tables)
     lines = report.splitlines()
-    for dataset in ("sst2", "topics"):
-        for method in ("base", "pifi_last", "pifi_ilm"):
-            llm = "-" if method == "base" else "tiny_llama"
-            matching = [line for line in lines if line.startswith(f"| {dataset} | tiny_bert | {llm} | {method} |")]
-            assert len(matching) == 1, (dataset, method)
-    assert "| sst2 | tiny_bert | - | base | - | 2 | 85.00 ± 7.07 |" in report
-    assert "| topics | tiny_bert | tiny_llama | pifi_ilm | 1 | 1 | 75.00 ± 0.00 |" in report
-    assert "4,000 | 9,000 |" in report
-    assert "## Layer selection" in report
-    selection_lines = [line for line in lines if "ilm_pc_patching" in line]
-    assert len(selection_lines) == 2
-    assert selection_lines[0].startswith("| sst2 | tiny_bert | tiny_llama | ilm_pc_patching | 1 | 0.2500 | 2 | 0.0125 |")
-    assert selection_lines[0].endswith("| 0.0125 | 70% | 0.1000 | 3 |")
-    assert selection_lines[1].endswith("| 0 | 0.2500 | 1 | 0.0000 | - | 0.1000 | 3 |")  # no stability measured
-    # base rows come before the PiFi rows of their dataset
-    assert report.index("| sst2 | tiny_bert | - | base |") < report.index("| sst2 | tiny_bert | tiny_llama | pifi_last |")
-
-
-def test_markdown_report_without_selections_has_no_selection_table(metrics_files):
-    import pandas as pd
-
-    report = markdown_report(summarize_runs(metrics_files), pd.DataFrame())
-    assert "## Layer selection" not in report
-    assert report.count("| sst2 |") == 3
-
-
-def test_selection_without_a_runner_up_shows_a_dash(tmp_path, metrics_files):
-    """A one-layer LLM has no runner-up: runner-up and margin read "-" rather than None or nan."""
-    path = tmp_path / "selection.json"
-    write_json(path, {"dataset": "sst2", "slm": "tiny_bert", "llm": "one_layer", "selector": "ilm_pc_patching",
-                      "layer": 0, "effect": 0.25, "runner_up_layer": None, "margin": None,
-                      "last_layer_effect": 0.25, "num_layers": 1})
-    report = markdown_report(summarize_runs(metrics_files), selections_table([path]))
-    assert "| sst2 | tiny_bert | one_layer | ilm_pc_patching | 0 | 0.2500 | - | - | - | 0.2500 | 1 |" in report
+    assert any(line.startswith("| sst2 | tiny_bert | tiny_qwen | pifi_oracle | 2 | 3 | 75.00 ± 0.00 |")
+               for line in lines)
+    assert any(line.startswith("| sst2 | tiny_bert | tiny_qwen | base | - | 3 | 52.00 ± 2.00 |") for line in lines)
+    verdict = tables["comparisons"].set_index(["a", "b"]).loc[("pifi_ilm", "base"), "verdict"]
+    assert f"| pifi_ilm − base | **{verdict}** |" in report  # significant: in bold
+    ilm = next(line for line in lines if line.startswith("| sst2 | tiny_bert | tiny_qwen | **ilm_pc_patching** |"))
+    cells = [c.strip() for c in ilm.split("|")[1:-1]]
+    # layer, oracle, regret (pts, * = significant), interval, rank, rho, win rate, modal, converged
+    assert cells[4:6] == ["0", "2"]
+    assert cells[6] == "+5.00*"
+    assert cells[8:] == ["3/3", "-1.00", "60%", "0", "True"]
+    probe = next(line for line in lines if "| probe_cv |" in line)
+    assert "| +0.00 | +0.00 to +0.00 | 1/3 | +1.00 |" in probe
+    silhouette = next(line for line in lines if "| silhouette |" in line)
+    cells = [c.strip() for c in silhouette.split("|")[1:-1]]
+    assert cells[4:11] == ["3", "2", "-", "-", "-", "+0.50", "-"]
+    assert "nan" not in report.lower()
+    assert "| sst2 | tiny_bert | tiny_qwen | 1 | no | 3 | 95.00 | 95.00 |" in report
+    assert "| sst2 | tiny_bert | tiny_qwen | 2 | yes | 3 | 80.00 | 75.00 |" in report

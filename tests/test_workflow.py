@@ -1,4 +1,5 @@
-"""End to end: the whole DAG with Snakemake on a tiny config, then what a re-run would redo.
+"""End to end: the whole DAG with Snakemake on a tiny config (a small sweep, three selectors, the
+statistics, figures and report), then what a re-run would redo and how bad inputs are refused.
 
 The workflow is copied into a temporary directory so that the test can edit library code and
 watch which rules go stale; jobs import the installed library, which is the same code.
@@ -7,6 +8,7 @@ watch which rules go stale; jobs import the installed library, which is the same
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -22,13 +24,13 @@ from tiny_project import LLM_LAYERS, REPO, write_tiny_project
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 SEED_KEYS = ["task", "dataset", "slm_type", "llm_type", "n_samples", "n_pcs", "top_pc", "effects",
              "best_llm_layer", "seed"]
-METHODS = ["base", "pifi_last", "pifi_ilm"]
+METHODS = ["base", "pifi_last", "pifi_ilm", "pifi_oracle"]
 
 
 def snakemake(workflow: Path, workdir: Path, *args: str) -> subprocess.CompletedProcess:
     cmd = [str(SNAKEMAKE), "--snakefile", str(workflow / "Snakefile"), "--directory", str(workdir),
            "--cores", "2", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
 
 
 def scheduled_jobs(dry_run_output: str) -> dict[str, int]:
@@ -40,9 +42,24 @@ def scheduled_jobs(dry_run_output: str) -> dict[str, int]:
     return {rule: int(count) for rule, count in rows if rule != "total"}
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
+def executed(log: str) -> list[tuple[str, str]]:
+    """(rule, wildcards) of every job a real run executed, from the job blocks of Snakemake's log."""
+    jobs = []
+    for block in re.split(r"\n\s*\n", log):
+        head = re.search(r"^(?:local)?(?:rule|checkpoint) (\w+):$", block, flags=re.MULTILINE)
+        if head:
+            wildcards = re.search(r"^    wildcards: (.*)$", block, flags=re.MULTILINE)
+            jobs.append((head.group(1), wildcards.group(1) if wildcards else ""))
+    return jobs
+
+
+def files(root: Path, pattern: str) -> list[Path]:
+    found = sorted(root.glob(pattern))
+    assert found, f"no file matches {pattern} under {root}"
+    return found
+
+
+def copy_workflow(root: Path) -> Path:
     workflow = root / "workflow_copy"
     workflow.mkdir()
     for item in ("Snakefile", "config.yaml", "workflow", "profiles", "envs", "src"):
@@ -51,19 +68,33 @@ def project(tmp_path_factory):
             shutil.copytree(source, workflow / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
             shutil.copy2(source, workflow / item)
+    return workflow
+
+
+def fresh_project(root: Path) -> tuple[Path, Path, Path]:
+    """A copy of the workflow and a tiny project beside it, nothing run yet."""
+    workdir = root / "work"
+    return copy_workflow(root), workdir, write_tiny_project(workdir)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    workflow = copy_workflow(root)
     workdir = root / "work"
     config = write_tiny_project(workdir)
     result = snakemake(workflow, workdir, "--configfile", str(config))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-    return workflow, workdir, config
+    return workflow, workdir, config, result.stderr
 
 
 def test_summary_has_every_method_for_every_dataset(project):
-    _, workdir, config = project
+    _, workdir, config, _ = project
     datasets = yaml.safe_load(config.read_text())["run"]["datasets"]
     table = pd.read_csv(workdir / "results/summary/summary.csv")
     assert sorted(zip(table["dataset"], table["method"])) == sorted((d, m) for d in datasets for m in METHODS)
-    assert table["accuracy_mean"].between(0, 1).all()
+    assert ((table["accuracy_low"] <= table["accuracy_mean"]) & (table["accuracy_mean"] <= table["accuracy_high"])).all()
+    assert (table["n_seeds"] == 2).all()
     pifi = table[table["method"] != "base"]
     assert (pifi["total_params"] > pifi["trainable_params"]).all()  # the plugged layer is frozen
     base = table[table["method"] == "base"]
@@ -73,12 +104,53 @@ def test_summary_has_every_method_for_every_dataset(project):
     for dataset in datasets:
         for method in METHODS:
             assert re.search(rf"\| {dataset} \|[^\n]*\| {method} \|", markdown), (dataset, method)
+    assert "no significant difference" in markdown or " better than " in markdown or " worse than " in markdown
+
+
+def test_pifi_ilm_is_the_run_of_the_selected_layer(project):
+    _, workdir, _, _ = project
+    table = pd.read_csv(workdir / "results/summary/summary.csv")
+    for path in files(workdir, "results/selection/*/*/*/selection.json"):
+        selection = json.loads(path.read_text())
+        row = table[(table["dataset"] == selection["dataset"]) & (table["method"] == "pifi_ilm")]
+        assert row["llm_layer"].astype(str).tolist() == [str(selection["layer"])]
+        metrics = files(workdir, f"results/runs/{selection['dataset']}/*/pifi/*/layer{selection['layer']}/seed*/metrics.json")
+        assert {json.loads(m.read_text())["llm_layer"] for m in metrics} == {selection["layer"]}
+        assert set(selection["choices"]) == {"ilm_pc_patching", "fisher", "middle"}
+        assert selection["choices"]["middle"]["layer"] == LLM_LAYERS // 2
+
+
+def test_each_layer_and_seed_is_trained_once(project):
+    _, workdir, config, log = project
+    trained = [w for rule, w in executed(log) if rule == "train_pifi"]
+    assert trained and len(trained) == len(set(trained))
+    cfg = yaml.safe_load(config.read_text())
+    for dataset in cfg["run"]["datasets"]:
+        selection = json.loads(files(workdir, f"results/selection/{dataset}/*/*/selection.json")[0].read_text())
+        wanted = set(cfg["sweep"]["layers"]) | {LLM_LAYERS - 1} | {c["layer"] for c in selection["choices"].values()}
+        runs = files(workdir, f"results/runs/{dataset}/*/pifi/*/layer*/seed*/model.safetensors")
+        layers = sorted(int(re.search(r"layer(\d+)", str(p)).group(1)) for p in runs)
+        assert layers == sorted(layer for layer in wanted for _ in cfg["run"]["seeds"])
+
+
+def test_sweep_selectors_and_layers_tables(project):
+    _, workdir, _, _ = project
+    selectors = pd.read_csv(workdir / "results/summary/selectors.csv")
+    assert set(selectors["selector"]) == {"ilm_pc_patching", "fisher", "middle"}
+    assert selectors["regret"].notna().all() and (selectors["regret_low"] <= selectors["regret_high"]).all()
+    assert selectors["rank"].between(1, 3).all()
+    assert (selectors.groupby("dataset")["drives_pifi_ilm"].sum() == 1).all()
+    layers = pd.read_csv(workdir / "results/summary/layers.csv")
+    swept = layers[layers["swept"]]
+    assert set(swept["layer"]) == {0, 2}
+    scores = pd.read_csv(workdir / "results/summary/selector_scores.csv")
+    assert (scores.groupby(["dataset", "selector"])["layer"].count() == LLM_LAYERS).all()
 
 
 def test_effects_file_has_the_seed_format(project):
-    _, workdir, config = project
+    _, workdir, config, _ = project
     n_samples = yaml.safe_load(config.read_text())["selection"]["n_samples"]
-    for path in (workdir / "results/selection").glob("*/*/*/effects.json"):
+    for path in files(workdir, "results/selection/*/*/*/effects.json"):
         report = json.loads(path.read_text())
         assert list(report)[: len(SEED_KEYS)] == SEED_KEYS
         assert len(report["effects"]) == LLM_LAYERS
@@ -86,14 +158,15 @@ def test_effects_file_has_the_seed_format(project):
             assert abs(effect * n_samples - round(effect * n_samples)) < 1e-9
         assert report["best_llm_layer"] == max(range(LLM_LAYERS), key=lambda l: (report["effects"][l], -l))
         assert sum(report["stability"]["win_rate"]) == pytest.approx(1.0)
-        selection = json.loads(path.with_name("selection.json").read_text())
-        assert selection["layer"] == report["best_llm_layer"]
-        assert selection["win_rate"] == report["stability"]["win_rate"][selection["layer"]]
+        assert len(report["probe_converged"]) == LLM_LAYERS
+        choice = json.loads(path.with_name("selection.json").read_text())["choices"]["ilm_pc_patching"]
+        assert choice["layer"] == report["best_llm_layer"]
+        assert choice["win_rate"] == report["stability"]["win_rate"][choice["layer"]]
 
 
 def test_selection_samples_never_come_from_test(project):
-    _, workdir, _ = project
-    for samples in (workdir / "results/hidden").glob("*/*/samples.parquet"):
+    _, workdir, _, _ = project
+    for samples in files(workdir, "results/hidden/*/*/samples.parquet"):
         dataset = samples.parts[-3]
         ids = set(pd.read_parquet(samples)["row_id"])
         test_ids = set(pd.read_parquet(workdir / f"results/data/{dataset}/test.parquet")["row_id"])
@@ -102,21 +175,34 @@ def test_selection_samples_never_come_from_test(project):
 
 
 def test_predictions_cover_the_test_rows(project):
-    _, workdir, _ = project
-    runs = list((workdir / "results/runs").rglob("predictions.parquet"))
-    assert len(runs) == 6
+    _, workdir, _, _ = project
+    runs = files(workdir, "results/runs/**/predictions.parquet")
+    assert len(runs) == 2 * 2 * (1 + 3)  # datasets x seeds x (base + 3 PiFi layers)
     for path in runs:
         frame = pd.read_parquet(path)
         probs = frame.filter(like="prob_").to_numpy()
         assert list(frame.columns[:3]) == ["row_id", "label", "prediction"]
-        assert frame["row_id"].is_unique
+        assert frame["row_id"].is_unique and len(frame) == 48
         assert (probs.argmax(axis=1) == frame["prediction"]).all()
         metrics = json.loads(path.with_name("metrics.json").read_text())
         assert metrics["accuracy"] == pytest.approx((frame["label"] == frame["prediction"]).mean())
+        assert not path.with_name("resume").exists()  # the epoch checkpoint is removed once the run is done
+
+
+def test_figures_and_report(project):
+    workflow, workdir, config, _ = project
+    figures = files(workdir, "results/summary/figures/*.svg")
+    assert len(figures) == 4 and all(f.read_text().lstrip().startswith("<?xml") for f in figures)
+    result = snakemake(workflow, workdir, "--configfile", str(config), "--report", str(workdir / "report.html"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    html = (workdir / "report.html").read_text()
+    for name in ("summary.csv", "selectors.csv", "sst2_rows.tiny_bert.tiny_llama.layers.svg",
+                 "topics.tiny_bert.tiny_llama.methods.svg"):
+        assert name in html, name
 
 
 def test_rerun_redoes_only_what_is_stale(project):
-    workflow, workdir, config = project
+    workflow, workdir, config, _ = project
     base = ["--configfile", str(config), "--dry-run"]
     assert scheduled_jobs(snakemake(workflow, workdir, *base).stdout) == {}
 
@@ -125,16 +211,111 @@ def test_rerun_redoes_only_what_is_stale(project):
     (workflow / "workflow/scripts/train.py").touch()
     assert scheduled_jobs(snakemake(workflow, workdir, *base).stdout) == {}
 
-    # Changing top_pc re-runs the effects and everything downstream of them, nothing upstream,
-    # and neither base nor pifi_last.
+    # Changing top_pc re-runs the effects and the selection; nothing upstream, no training yet known.
     top1 = workdir / "top_pc.yaml"
     top1.write_text("selection:\n  top_pc: 1\n")
     result = snakemake(workflow, workdir, "--configfile", str(config), str(top1), "--dry-run")
-    assert scheduled_jobs(result.stdout) == {
-        "layer_effects": 2, "select_layer": 2, "train_pifi": 2, "evaluate": 2, "summarize": 1, "all": 1}
-    assert "method=pifi_ilm" in result.stdout and "method=pifi_last" not in result.stdout
+    assert scheduled_jobs(result.stdout) == {"layer_effects": 2, "select_layer": 2, "summarize": 1, "plot": 2, "all": 1}
 
-    # Editing library code re-runs exactly the rules that use it.
+    # Editing library code re-runs exactly the rules that use it (and what reads their outputs).
     summary_module = workflow / "src/pifi/summary.py"
     summary_module.write_text(summary_module.read_text() + "\n# an edit\n")
-    assert scheduled_jobs(snakemake(workflow, workdir, *base).stdout) == {"summarize": 1, "all": 1}
+    assert scheduled_jobs(snakemake(workflow, workdir, *base).stdout) == {"summarize": 1, "plot": 2, "all": 1}
+    summary_module.write_text(summary_module.read_text().removesuffix("\n# an edit\n"))
+
+
+def test_changing_the_selector_retrains_nothing_already_trained(project):
+    workflow, workdir, config, _ = project
+    before = {p: p.stat().st_mtime_ns for p in files(workdir, "results/runs/**/model.safetensors")}
+    override = workdir / "selector.yaml"
+    override.write_text("selection:\n  selector: middle\n")
+    result = snakemake(workflow, workdir, "--configfile", str(config), str(override))
+    assert result.returncode == 0, result.stderr[-3000:]
+    ran = {rule for rule, _ in executed(result.stderr)}
+    assert ran <= {"select_layer", "summarize", "plot", "all"}, ran
+    assert "select_layer" in ran
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # no run was retrained
+    table = pd.read_csv(workdir / "results/summary/summary.csv")
+    assert (table.loc[table["method"] == "pifi_ilm", "llm_layer"].astype(str) == str(LLM_LAYERS // 2)).all()
+    selectors = pd.read_csv(workdir / "results/summary/selectors.csv")
+    assert set(selectors.loc[selectors["drives_pifi_ilm"], "selector"]) == {"middle"}
+
+
+def test_a_corrupt_tensor_artifact_stops_the_dag_and_names_the_file(project):
+    workflow, workdir, config, _ = project
+    states = files(workdir, "results/hidden/sst2_rows/*/states.safetensors")[0]
+    pca = states.parents[2].parent / "pca" / "sst2_rows" / states.parent.name / "pca.safetensors"
+    original, stat = states.read_bytes(), states.stat()
+    try:
+        data = bytearray(original)
+        data[len(data) // 2: len(data) // 2 + len(data) // 4] = bytes(len(data) // 4)  # same size, zeroed
+        states.write_bytes(bytes(data))
+        os.utime(states, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # mtime kept: Snakemake sees nothing new
+        result = snakemake(workflow, workdir, "--configfile", str(config), "--dry-run")
+        assert result.returncode != 0
+        assert str(states.relative_to(workdir)) in result.stderr + result.stdout
+        assert "delete it and rerun" in result.stderr + result.stdout
+        assert pca.exists()  # nothing downstream was removed
+    finally:
+        states.write_bytes(original)
+        os.utime(states, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_bad_limits_fail_before_any_training(tmp_path):
+    workflow, workdir, config = fresh_project(tmp_path)
+    override = workdir / "too_many.yaml"
+    override.write_text("run:\n  datasets: [topics]\nselection:\n  n_samples: 100000\n  n_pcs: 4\n")
+    result = snakemake(workflow, workdir, "--configfile", str(config), str(override))
+    assert result.returncode != 0
+    assert "selection.n_samples is 100000 but the train split of 'topics' has" in result.stderr
+    assert (workdir / "results/data/topics/info.json").exists()  # it was found out from the data...
+    assert not (workdir / "results/runs").exists() and not (workdir / "results/hidden").exists()  # ...before use
+
+
+def test_a_failing_job_says_why_on_the_console(tmp_path):
+    workflow, workdir, config = fresh_project(tmp_path)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "train.jsonl").write_text('{"text": "fine", "label": 0}\n{"text": "cut off", "lab\n')
+    (broken / "test.jsonl").write_text('{"text": "fine", "label": 0}\n')
+    override = workdir / "broken.yaml"
+    override.write_text(f"run:\n  datasets: [broken]\ndatasets:\n  broken: {{source: local, path: {broken}}}\n")
+    result = snakemake(workflow, workdir, "--configfile", str(config), str(override))
+    assert result.returncode != 0
+    line = next(l for l in result.stderr.splitlines() if l.startswith("PiFi error in prepare_data[dataset=broken]"))
+    assert f"{broken / 'train.jsonl'}:2" in line and "DatasetError" in line and "traceback: results/logs/" in line
+
+
+def test_unsafe_registry_keys_are_refused_when_the_dag_is_built(tmp_path):
+    workflow, workdir, config = fresh_project(tmp_path)
+    override = workdir / "evil.yaml"
+    override.write_text("models:\n  ../../escape: {source: local, name: x, path: /nonexistent}\n")
+    result = snakemake(workflow, workdir, "--configfile", str(config), str(override), "--dry-run")
+    assert result.returncode != 0
+    assert "config.models.../../escape: not a safe name" in result.stdout + result.stderr
+    assert not (tmp_path / "escape").exists() and not (workdir / "results").exists()
+
+
+def test_identical_runs_write_identical_artifacts(tmp_path):
+    """Two runs of the same small config in two directories: every artifact byte-identical except
+    the files that hold timings (timings.json) and the logs."""
+    workflow = copy_workflow(tmp_path)
+    first, second = tmp_path / "first", tmp_path / "second"
+    config = write_tiny_project(first, seeds=(1,), datasets=("topics",))
+    small = yaml.safe_load(config.read_text())
+    small["run"]["methods"] = ["base", "pifi_last", "pifi_ilm"]
+    small["selection"]["selectors"] = ["ilm_pc_patching", "fisher"]
+    config.write_text(yaml.safe_dump(small, sort_keys=False))
+    second.mkdir()
+    for workdir in (first, second):  # the same config (and model paths) for both
+        result = snakemake(workflow, workdir, "--configfile", str(config))
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    def artifacts(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "results").rglob("*"))
+                if p.is_file() and "logs" not in p.parts and p.name != "timings.json"}
+
+    a, b = artifacts(first), artifacts(second)
+    assert a.keys() == b.keys() and len(a) > 20
+    assert any(name.endswith(".safetensors") for name in a) and any(name.endswith(".svg") for name in a)
+    assert [name for name in a if a[name] != b[name]] == []

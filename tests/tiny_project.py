@@ -58,7 +58,8 @@ def write_tiny_models(root: Path, texts: list[str]) -> dict[str, Path]:
     return paths
 
 
-def write_tiny_project(root: Path, *, seeds: tuple[int, ...] = (1,)) -> Path:
+def write_tiny_project(root: Path, *, seeds: tuple[int, ...] = (1, 2),
+                       datasets: tuple[str, ...] = ("sst2_rows", "topics")) -> Path:
     """Write models, data references and a config under ``root``; return the config path."""
     root = Path(root)
     datasets = {"topics": {"source": "demo", "name": "topic"}}
@@ -72,11 +73,15 @@ def write_tiny_project(root: Path, *, seeds: tuple[int, ...] = (1,)) -> Path:
     models = {name: {"source": "local", "name": name, "path": str(path)}
               for name, path in write_tiny_models(root, sample_texts).items()}
     config = {
-        "run": {"datasets": ["sst2_rows", "topics"], "slms": ["tiny_bert"], "llms": ["tiny_llama"],
-                "methods": ["base", "pifi_last", "pifi_ilm"], "seeds": list(seeds)},
+        "run": {"datasets": list(datasets), "slms": ["tiny_bert"], "llms": ["tiny_llama"],
+                "methods": ["base", "pifi_last", "pifi_ilm", "pifi_sweep"], "seeds": list(seeds)},
         "datasets": datasets,
         "models": models,
-        "selection": {"n_samples": 48, "n_pcs": 4, "top_pc": 2, "max_length": 32, "batch_size": 16},
+        # Three selectors keep the run short; each selector has its own unit tests.
+        "selection": {"n_samples": 48, "n_pcs": 4, "top_pc": 2, "max_length": 32, "batch_size": 16,
+                      "stability_resamples": 3, "selectors": ["ilm_pc_patching", "fisher", "middle"]},
+        "sweep": {"layers": [0, 2]},
+        "statistics": {"n_resamples": 1000},
         "training": {"epochs": 2, "batch_size": 16, "eval_batch_size": 32, "learning_rate": 1e-3,
                      "max_length": 32, "max_train_samples": 64, "max_eval_samples": 48},
         "device": "cpu",

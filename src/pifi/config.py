@@ -9,9 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+import re
 from typing import Any
 
 import yaml
+
+# Registry keys become directory names under results/: no separators, no "..", no hidden files.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+REGISTRIES = ("datasets", "models")
 
 
 class ConfigError(ValueError):
@@ -52,7 +57,7 @@ def unknown_keys(config: Any, schema: Mapping[str, Any], root: Mapping[str, Any]
 def check_config_keys(config: Mapping[str, Any], schema_path: str | Path) -> None:
     """Raise ConfigError naming every unknown key (and what is allowed there)."""
     schema = yaml.safe_load(Path(schema_path).read_text())
-    problems = unknown_keys(config, schema)
+    problems = unknown_keys(config, schema) + unsafe_names(config)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
@@ -66,3 +71,95 @@ def check_run_names(config: Mapping[str, Any]) -> None:
                     f"config run.{key}: unknown {registry[:-1]} {name!r}; "
                     f"define it under `{registry}:` or use one of {sorted(config[registry])}"
                 )
+
+
+def unsafe_names(config: Mapping[str, Any]) -> list[str]:
+    """Registry keys that could not be used safely as one path component (e.g. ``../x``, ``a/b``)."""
+    return [f"config.{registry}.{name}: not a safe name (letters, digits, '.', '_' and '-', not starting "
+            f"with '.' or '-'): it becomes a directory under results/"
+            for registry in REGISTRIES for name in config.get(registry) or {}
+            if not SAFE_NAME.fullmatch(str(name))]
+
+
+def check_selection_limits(config: Mapping[str, Any]) -> None:
+    """Selection settings that contradict each other, refused before anything runs (never clamped)."""
+    s = config["selection"]
+    problems = []
+    if s["top_pc"] > s["n_pcs"]:
+        problems.append(f"selection.top_pc ({s['top_pc']}) is larger than selection.n_pcs ({s['n_pcs']}): "
+                        "only n_pcs components exist to patch")
+    if s["n_pcs"] > s["n_samples"]:
+        problems.append(f"selection.n_pcs ({s['n_pcs']}) is larger than selection.n_samples ({s['n_samples']}): "
+                        "PCA cannot find more components than samples")
+    subset = stability_subset_size(s)
+    if s["stability_resamples"] and s["n_pcs"] > subset:
+        problems.append(f"selection.n_pcs ({s['n_pcs']}) is larger than a stability subset "
+                        f"({subset} = stability_fraction x n_samples)")
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def stability_subset_size(selection: Mapping[str, Any]) -> int:
+    """Rows in each stability subset (as pifi.selectors.selection_stability draws them)."""
+    return max(2, int(round(selection["stability_fraction"] * selection["n_samples"])))
+
+
+def sweep_layer_set(sweep: Mapping[str, Any], depth: int) -> list[int]:
+    """The layers a sweep trains: ``all`` every ``stride``-th layer from 0 plus the last, or a list.
+
+    Negative indices count from the end (-1 = the last layer), as in Python.
+    """
+    layers = sweep["layers"]
+    if layers == "all":
+        chosen = set(range(0, depth, sweep["stride"])) | {depth - 1}
+    else:
+        bad = [layer for layer in layers if not -depth <= layer < depth]
+        if bad:
+            raise ConfigError(f"config sweep.layers: {bad} out of range for an LLM of {depth} decoder layers "
+                              f"(valid 0..{depth - 1}, or -{depth}..-1 from the end)")
+        chosen = {layer % depth for layer in layers}
+    return sorted(chosen)
+
+
+def check_data_limits(info: Mapping[str, Any], selection: Mapping[str, Any], selectors: list[str], *,
+                      dataset: str) -> None:
+    """Selection settings against a prepared dataset (prepare_data's info.json), refused before use.
+
+    n_samples must fit in the selection split, and probe_cv's folds need as many rows of the smallest
+    class in the sample and in each stability subset. Raises ConfigError naming every broken limit.
+    """
+    split = selection["split"]
+    counts = {int(k): int(v) for k, v in info["splits"][split]["label_counts"].items()}
+    rows, n = sum(counts.values()), selection["n_samples"]
+    problems = []
+    if n > rows:
+        problems.append(f"selection.n_samples is {n} but the {split} split of {dataset!r} has {rows} rows; "
+                        f"lower it to at most {rows}")
+    # The smallest class's share of a stratified draw of n rows (largest-remainder rounding gives at least
+    # this), and of a stability subset drawn from those rows (at random: allow for an unlucky draw).
+    smallest_class = min(n * c // rows for c in counts.values()) if rows else 0
+    subset = stability_subset_size(selection) if selection.get("stability_resamples") else n
+    folds = ((selection.get("selector_params") or {}).get("probe_cv") or {}).get("folds", 5)
+    needed = folds if subset == n else max(folds, int(folds * n / subset + 0.999))
+    if "probe_cv" in selectors and n <= rows and needed > smallest_class:
+        problems.append(f"selector probe_cv: {folds} folds need {folds} rows of every class in every (sub)sample, "
+                        f"but the smallest class of {dataset!r} gets about {smallest_class} of the {n} samples; "
+                        "raise n_samples or lower selection.selector_params.probe_cv.folds")
+    if problems:
+        raise ConfigError(f"dataset {dataset!r}: selection limits broken:\n  " + "\n  ".join(problems))
+
+
+def check_llm_limits(manifest: Mapping[str, Any], selection: Mapping[str, Any], selectors: list[str]) -> None:
+    """Selection settings against an LLM's size (prepare_model's model.json), refused before use."""
+    hidden, name = manifest["hidden_size"], manifest["name"]
+    problems = []
+    if selection["n_pcs"] > hidden:
+        problems.append(f"selection.n_pcs ({selection['n_pcs']}) is larger than the hidden size {hidden} of {name!r}")
+    subset = stability_subset_size(selection) if selection.get("stability_resamples") else selection["n_samples"]
+    components = ((selection.get("selector_params") or {}).get("silhouette") or {}).get("n_components", 16)
+    if "silhouette" in selectors and components > min(subset, hidden):
+        problems.append(f"selector silhouette: n_components {components} is more than a (sub)sample of {subset} "
+                        f"rows or the hidden size {hidden} of {name!r}; lower "
+                        "selection.selector_params.silhouette.n_components")
+    if problems:
+        raise ConfigError(f"LLM {name!r}: selection limits broken:\n  " + "\n  ".join(problems))

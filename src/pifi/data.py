@@ -267,11 +267,22 @@ def _standardise(frame: pd.DataFrame, split: str, spec: Mapping[str, Any], where
     sources = {standard: source for source, standard in columns.items()}
     out = _handle_blank_texts(out, sources, where, line_numbers, drop_blank_texts)
     if not pd.api.types.is_integer_dtype(out["label"]):
-        raise DatasetError(
-            f"{where}: labels must be integers, got {out['label'].dtype} (e.g. {out['label'].iloc[0]!r}); "
-            "map them with label_map"
-        )
+        raise DatasetError(_label_problem(out["label"], where, line_numbers))
     return out.reset_index(drop=True)
+
+
+def _label_problem(labels: pd.Series, where: str, line_numbers: np.ndarray | None) -> str:
+    """Name the rows whose label is missing or not an integer, and show the first bad value."""
+    missing = labels.isna()
+    if missing.any():
+        rows = _describe_rows(labels.index[missing], line_numbers)
+        return f"{where}: {int(missing.sum())} row(s) have no label, at {rows}; fill them or drop those rows"
+    as_numbers = pd.to_numeric(labels, errors="coerce")
+    bad = as_numbers.isna() | (as_numbers != as_numbers.round())
+    first = labels.index[bad][0] if bad.any() else labels.index[0]
+    rows = _describe_rows(labels.index[bad] if bad.any() else labels.index[:1], line_numbers)
+    return (f"{where}: labels must be integers, got {labels[first]!r} at {rows}; "
+            "map them with label_map")
 
 
 def carve_validation(train: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:

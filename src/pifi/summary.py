@@ -1,79 +1,308 @@
-"""The comparison table: one row per dataset x SLM x LLM x method, mean ± std over seeds."""
+"""The tables that answer the project's question: is the selected layer a good one?
+
+From every run's metrics and saved test predictions, per dataset x SLM x LLM:
+- ``summary``: each method's test metrics (mean ± std over seeds) with a 95% bootstrap interval;
+- ``comparisons``: pifi_ilm - base, pifi_ilm - pifi_last, pifi_last - base and the regret
+  (oracle - pifi_ilm), each a paired bootstrap over test rows and seeds, named a win only when the
+  interval excludes 0;
+- ``layers``: the sweep per layer (validation and test accuracy with intervals);
+- ``selectors``: every selector's choice, its regret against the oracle, its rank in the sweep,
+  the Spearman rho of its scores with the sweep's validation accuracy, and its stability;
+- ``selector_scores``: every selector's score per layer (for the figures).
+The oracle layer is the best swept layer by mean *validation* accuracy; its *test* accuracy is the bar.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
+from scipy import stats as scipy_stats
 
 from pifi.artifacts import read_json
+from pifi.config import sweep_layer_set
+from pifi.stats import Comparison, accuracy_ci, compare, oracle_layer, rank_of, spearman
 
 METRICS = ("accuracy", "macro_f1", "mcc")
-METHOD_ORDER = {"base": 0, "pifi_last": 1, "pifi_ilm": 2}
-KEYS = ["dataset", "slm", "llm", "method"]
+METHOD_ORDER = ("base", "pifi_last", "pifi_ilm", "pifi_oracle")
+COMPARISONS = (("pifi_ilm", "base"), ("pifi_ilm", "pifi_last"), ("pifi_last", "base"), ("pifi_oracle", "pifi_ilm"))
+GROUP = ["dataset", "slm", "llm"]
 
 
-def summarize_runs(metrics_files: Iterable[str | Path]) -> pd.DataFrame:
-    runs = pd.DataFrame([read_json(path) for path in metrics_files])
-    if runs.empty:
-        raise ValueError("no runs to summarize")
-    runs["llm"] = runs["llm"].fillna("-")
-    grouped = runs.groupby(KEYS, sort=False)
-    table = grouped.agg(
-        n_seeds=("seed", "nunique"),
-        **{f"{m}_mean": (m, "mean") for m in METRICS},
-        **{f"{m}_std": (m, "std") for m in METRICS},
-        llm_layer=("llm_layer", lambda s: "/".join(sorted({str(int(v)) for v in s.dropna()})) or "-"),
-        trainable_params=("trainable_params", "first"),
-        total_params=("total_params", "first"),
-        train_seconds_mean=("train_seconds", "mean"),
-    ).reset_index()
-    # One seed has no spread; say 0 rather than NaN so the table reads cleanly.
-    for m in METRICS:
-        table[f"{m}_std"] = table[f"{m}_std"].fillna(0.0)
-    table["_order"] = table["method"].map(METHOD_ORDER).fillna(99)
-    return table.sort_values(["dataset", "slm", "llm", "_order"]).drop(columns="_order").reset_index(drop=True)
+@dataclass(frozen=True)
+class Bootstrap:
+    n_resamples: int = 10_000
+    confidence: float = 0.95
+    seed: int = 0
 
 
-def selections_table(selection_files: Sequence[str | Path]) -> pd.DataFrame:
+def load_runs(metrics_files: Iterable[str | Path]) -> pd.DataFrame:
+    """One row per run: its metrics.json and where its predictions are."""
     rows = []
-    for path in selection_files:
+    for path in metrics_files:
+        run = read_json(path)
+        run["predictions"] = str(Path(path).with_name("predictions.parquet"))
+        rows.append(run)
+    if not rows:
+        raise ValueError("no runs to summarize")
+    runs = pd.DataFrame(rows)
+    runs["llm_layer"] = runs["llm_layer"].astype("Int64")
+    return runs
+
+
+def correctness(runs: pd.DataFrame) -> np.ndarray:
+    """Seeds x rows 0/1 matrix of the runs' test predictions, seeds sorted, rows by row id."""
+    matrices = []
+    for path in runs.sort_values("seed")["predictions"]:
+        frame = pd.read_parquet(path, columns=["row_id", "label", "prediction"]).sort_values("row_id")
+        matrices.append((frame["label"] == frame["prediction"]).to_numpy(dtype=np.int8))
+    return np.stack(matrices)
+
+
+def method_runs(runs: pd.DataFrame, selections: Mapping[tuple[str, str, str], Mapping], methods: Sequence[str],
+                ) -> dict[tuple[str, str, str, str], pd.DataFrame]:
+    """{(dataset, slm, llm, method): its runs}: each method is a view of base or of one PiFi layer."""
+    views = {}
+    pifi = runs[runs["method"] == "pifi"]
+    for (dataset, slm, llm), group in pifi.groupby(GROUP, sort=True):
+        base = runs[(runs["method"] == "base") & (runs["dataset"] == dataset) & (runs["slm"] == slm)]
+        layer_of = {}
+        if "base" in methods and len(base):
+            views[(dataset, slm, llm, "base")] = base
+        if "pifi_last" in methods:
+            layer_of["pifi_last"] = int(group["num_layers"].iloc[0]) - 1
+        if "pifi_ilm" in methods:
+            layer_of["pifi_ilm"] = int(selections[(dataset, slm, llm)]["layer"])
+        if "pifi_sweep" in methods:
+            layer_of["pifi_oracle"] = oracle_layer(swept_validation(group, selections.get((dataset, slm, llm))))
+        for method, layer in layer_of.items():
+            views[(dataset, slm, llm, method)] = group[group["llm_layer"] == layer]
+    for (dataset, slm), base in runs[runs["method"] == "base"].groupby(["dataset", "slm"], sort=True):
+        if not any(k[:2] == (dataset, slm) for k in views):  # base alone: no LLM in the run
+            views[(dataset, slm, "-", "base")] = base
+    return views
+
+
+def swept_validation(group: pd.DataFrame, selection: Mapping | None) -> dict[int, float]:
+    """Mean validation accuracy per swept layer (the layers the sweep trained, not the extra ones)."""
+    swept = set(selection.get("swept_layers", [])) if selection else set()
+    layers = group if not swept else group[group["llm_layer"].isin(swept)]
+    return layers.groupby("llm_layer")["validation_accuracy"].mean().astype(float).to_dict()
+
+
+def summary_table(views: Mapping[tuple, pd.DataFrame], boot: Bootstrap) -> pd.DataFrame:
+    rows = []
+    for (dataset, slm, llm, method), runs in views.items():
+        low, high = accuracy_ci(correctness(runs), n_resamples=boot.n_resamples, seed=boot.seed,
+                                confidence=boot.confidence)
+        layer = runs["llm_layer"].iloc[0]
+        rows.append({"dataset": dataset, "slm": slm, "llm": llm, "method": method,
+                     "llm_layer": "-" if pd.isna(layer) else str(int(layer)), "n_seeds": runs["seed"].nunique(),
+                     **{f"{m}_mean": runs[m].mean() for m in METRICS},
+                     **{f"{m}_std": runs[m].std(ddof=1) if len(runs) > 1 else 0.0 for m in METRICS},
+                     "accuracy_low": low, "accuracy_high": high,
+                     "validation_accuracy_mean": runs["validation_accuracy"].mean(),
+                     "trainable_params": int(runs["trainable_params"].iloc[0]),
+                     "total_params": int(runs["total_params"].iloc[0])})
+    table = pd.DataFrame(rows)
+    table["_order"] = table["method"].map({m: i for i, m in enumerate(METHOD_ORDER)})
+    return table.sort_values(GROUP + ["_order"]).drop(columns="_order").reset_index(drop=True)
+
+
+def comparisons_table(views: Mapping[tuple, pd.DataFrame], boot: Bootstrap) -> pd.DataFrame:
+    rows = []
+    for dataset, slm, llm in sorted({k[:3] for k in views}):
+        for a, b in COMPARISONS:
+            if (dataset, slm, llm, a) not in views or (dataset, slm, llm, b) not in views:
+                continue
+            result = _compare(views[(dataset, slm, llm, a)], views[(dataset, slm, llm, b)], boot)
+            rows.append({"dataset": dataset, "slm": slm, "llm": llm, "a": a, "b": b,
+                         "difference": result.difference, "low": result.low, "high": result.high,
+                         "significant": result.significant, "verdict": result.verdict(a, b)})
+    return pd.DataFrame(rows, columns=["dataset", "slm", "llm", "a", "b", "difference", "low", "high",
+                                       "significant", "verdict"])
+
+
+def _compare(runs_a: pd.DataFrame, runs_b: pd.DataFrame, boot: Bootstrap) -> Comparison:
+    return compare(correctness(runs_a), correctness(runs_b), n_resamples=boot.n_resamples, seed=boot.seed,
+                   confidence=boot.confidence)
+
+
+def layers_table(runs: pd.DataFrame, selections: Mapping[tuple, Mapping], boot: Bootstrap) -> pd.DataFrame:
+    """Every trained PiFi layer: validation (t-interval over seeds) and test (bootstrap) accuracy."""
+    rows = []
+    for (dataset, slm, llm, layer), group in runs[runs["method"] == "pifi"].groupby(GROUP + ["llm_layer"]):
+        low, high = accuracy_ci(correctness(group), n_resamples=boot.n_resamples, seed=boot.seed,
+                                confidence=boot.confidence)
+        val_low, val_high = _t_interval(group["validation_accuracy"].to_numpy(float), boot.confidence)
+        swept = selections.get((dataset, slm, llm), {}).get("swept_layers", [])
+        rows.append({"dataset": dataset, "slm": slm, "llm": llm, "layer": int(layer), "swept": int(layer) in swept,
+                     "n_seeds": group["seed"].nunique(), "val_mean": group["validation_accuracy"].mean(),
+                     "val_low": val_low, "val_high": val_high, "test_mean": group["accuracy"].mean(),
+                     "test_low": low, "test_high": high})
+    return pd.DataFrame(rows, columns=["dataset", "slm", "llm", "layer", "swept", "n_seeds", "val_mean", "val_low",
+                                       "val_high", "test_mean", "test_low", "test_high"])
+
+
+def _t_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    mean = float(values.mean())
+    if len(values) < 2 or values.std() == 0:
+        return mean, mean
+    half = scipy_stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    return mean - half, mean + half
+
+
+SELECTOR_COLUMNS = ["dataset", "slm", "llm", "selector", "drives_pifi_ilm", "layer", "margin", "win_rate",
+                    "modal_layer", "converged", "oracle_layer", "rank", "n_swept", "spearman_rho", "regret",
+                    "regret_low", "regret_high", "regret_significant"]
+
+
+def selectors_table(runs: pd.DataFrame, selections: Mapping[tuple, Mapping], scores: Mapping[tuple, Mapping],
+                    boot: Bootstrap, *, sweep: bool) -> pd.DataFrame:
+    """Every selector's choice and, with a sweep, how it fares against the oracle."""
+    rows = []
+    for (dataset, slm, llm), selection in sorted(selections.items()):
+        group = runs[(runs["method"] == "pifi") & (runs["dataset"] == dataset) & (runs["slm"] == slm)
+                     & (runs["llm"] == llm)]
+        val_by_layer = swept_validation(group, selection) if sweep else {}
+        oracle = oracle_layer(val_by_layer) if val_by_layer else None
+        for name, choice in selection["choices"].items():
+            layer = choice["layer"]
+            row = {"dataset": dataset, "slm": slm, "llm": llm, "selector": name,
+                   "drives_pifi_ilm": name == selection["selector"], "layer": layer, "margin": choice["margin"],
+                   "win_rate": choice["win_rate"], "modal_layer": choice["modal_layer"],
+                   "converged": _all_converged(scores.get((dataset, slm, llm, name))),
+                   "oracle_layer": oracle, "rank": None, "n_swept": len(val_by_layer) or None, "spearman_rho": None,
+                   "regret": None, "regret_low": None, "regret_high": None, "regret_significant": None}
+            report = scores.get((dataset, slm, llm, name))
+            if oracle is not None and report is not None:  # rho needs the scores, not the chosen layer's runs
+                row["spearman_rho"] = spearman(report["scores"], val_by_layer)
+            chosen_runs = group[group["llm_layer"] == layer]
+            if oracle is not None and len(chosen_runs):
+                regret = _compare(group[group["llm_layer"] == oracle], chosen_runs, boot)
+                row.update(rank=rank_of(layer, chosen_runs["validation_accuracy"].mean(), val_by_layer),
+                           regret=regret.difference, regret_low=regret.low, regret_high=regret.high,
+                           regret_significant=regret.significant)
+            rows.append(row)
+    return pd.DataFrame(rows, columns=SELECTOR_COLUMNS)
+
+
+def _all_converged(report: Mapping | None) -> bool | None:
+    converged = None if report is None else report.get("converged")
+    return None if converged is None else all(converged)
+
+
+def selector_scores_table(scores: Mapping[tuple, Mapping], selections: Mapping[tuple, Mapping]) -> pd.DataFrame:
+    rows = []
+    for (dataset, slm, llm, name), report in sorted(scores.items()):
+        chosen = selections[(dataset, slm, llm)]["choices"][name]["layer"]
+        rows += [{"dataset": dataset, "slm": slm, "llm": llm, "selector": name, "layer": layer, "score": score,
+                  "chosen": layer == chosen} for layer, score in enumerate(report["scores"])]
+    return pd.DataFrame(rows, columns=["dataset", "slm", "llm", "selector", "layer", "score", "chosen"])
+
+
+def read_selections(paths: Iterable[str | Path]) -> dict[tuple[str, str, str], dict]:
+    selections = {}
+    for path in paths:
         s = read_json(path)
-        rows.append({k: s.get(k) for k in ("dataset", "slm", "llm", "selector", "layer", "effect",
-                                            "runner_up_layer", "margin", "win_rate", "last_layer_effect",
-                                            "num_layers")})
-    return pd.DataFrame(rows)
+        selections[(s["dataset"], s["slm"], s["llm"])] = s
+    return selections
 
 
-def _mean_std(mean: float, std: float) -> str:
-    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+def read_scores(paths: Iterable[str | Path], selections: Mapping[tuple, Mapping]) -> dict[tuple, dict]:
+    """{(dataset, slm, llm, selector): score file}; a scores file has no SLM, so it serves every SLM."""
+    by_key = {}
+    for path in paths:
+        report = read_json(path)
+        for dataset, slm, llm in selections:
+            if report["dataset"] == dataset and report["llm_type"] == llm and report.get("slm_type", slm) == slm:
+                by_key[(dataset, slm, llm, report["selector"])] = report
+    return by_key
 
 
-def markdown_report(table: pd.DataFrame, selections: pd.DataFrame) -> str:
+def build_tables(metrics_files: Sequence[str | Path], selection_files: Sequence[str | Path],
+                 score_files: Sequence[str | Path], *, methods: Sequence[str], sweep: Mapping | None = None,
+                 boot: Bootstrap = Bootstrap()) -> dict[str, pd.DataFrame]:
+    """Every summary table, from the run files; ``sweep`` is the config's sweep section."""
+    runs = load_runs(metrics_files)
+    selections = read_selections(selection_files)
+    if "pifi_sweep" in methods:
+        depths = runs[runs["method"] == "pifi"].groupby(GROUP)["num_layers"].first()
+        for key, depth in depths.items():
+            selections.setdefault(key, {"choices": {}, "dataset": key[0], "slm": key[1], "llm": key[2]})
+            selections[key]["swept_layers"] = sweep_layer_set(sweep or {"layers": "all", "stride": 1}, int(depth))
+    scores = read_scores(score_files, selections)
+    views = method_runs(runs, selections, methods)
+    sweep = "pifi_sweep" in methods
+    return {"summary": summary_table(views, boot), "comparisons": comparisons_table(views, boot),
+            "layers": layers_table(runs, selections, boot),
+            "selectors": selectors_table(runs, selections, scores, boot, sweep=sweep),
+            "selector_scores": selector_scores_table(scores, selections)}
+
+
+# --- Markdown ---------------------------------------------------------------------------------
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def _maybe(value: Any, fmt: str = "{}") -> str:
+    return "-" if value is None or (isinstance(value, float) and np.isnan(value)) else fmt.format(value)
+
+
+def markdown_report(tables: Mapping[str, pd.DataFrame], *, confidence: float = 0.95) -> str:
+    level = f"{100 * confidence:.0f}%"
     lines = ["# PiFi-ILM summary", "",
-             "Test-split metrics in %, mean ± std over seeds. `pifi_last` plugs the LLM's last decoder layer "
-             "(the paper's default); `pifi_ilm` the layer chosen by ILM layer selection.", "",
-             "| dataset | SLM | LLM | method | LLM layer | seeds | accuracy | macro-F1 | MCC | trainable | total | train s |",
+             f"Test-split metrics in %, mean ± std over seeds, with the {level} bootstrap interval of the accuracy "
+             "(test rows and seeds resampled together). `pifi_last` plugs the LLM's last decoder layer (the paper's "
+             "default), `pifi_ilm` the layer chosen by the selector, `pifi_oracle` the swept layer with the best "
+             "*validation* accuracy.", "",
+             "| dataset | SLM | LLM | method | layer | seeds | accuracy | interval | macro-F1 | MCC | trainable | total |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for row in table.itertuples():
-        lines.append(
-            f"| {row.dataset} | {row.slm} | {row.llm} | {row.method} | {row.llm_layer} | {row.n_seeds} | "
-            f"{_mean_std(row.accuracy_mean, row.accuracy_std)} | {_mean_std(row.macro_f1_mean, row.macro_f1_std)} | "
-            f"{_mean_std(row.mcc_mean, row.mcc_std)} | {row.trainable_params:,} | {row.total_params:,} | "
-            f"{row.train_seconds_mean:.1f} |")
-    if not selections.empty:
-        lines += ["", "## Layer selection", "",
-                  "Effects are probe-accuracy drops on the selection samples. A small margin over the runner-up "
-                  "means the choice is fragile: it can move with the draw of samples. The win rate is how often "
-                  "the layer also wins when the selection is redone on random subsets of the samples.", "",
-                  "| dataset | SLM | LLM | selector | layer | effect | runner-up | margin | win rate | last-layer effect "
-                  "| layers |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for s in selections.itertuples():
-            margin = "-" if pd.isna(s.margin) else f"{s.margin:.4f}"
-            runner_up = "-" if pd.isna(s.runner_up_layer) else int(s.runner_up_layer)
-            win_rate = "-" if pd.isna(s.win_rate) else f"{100 * s.win_rate:.0f}%"
-            lines.append(f"| {s.dataset} | {s.slm} | {s.llm} | {s.selector} | {s.layer} | {s.effect:.4f} | "
-                         f"{runner_up} | {margin} | {win_rate} | {s.last_layer_effect:.4f} | {s.num_layers} |")
+    for r in tables["summary"].itertuples():
+        lines.append(f"| {r.dataset} | {r.slm} | {r.llm} | {r.method} | {r.llm_layer} | {r.n_seeds} | "
+                     f"{_pct(r.accuracy_mean)} ± {_pct(r.accuracy_std)} | {_pct(r.accuracy_low)}–{_pct(r.accuracy_high)} | "
+                     f"{_pct(r.macro_f1_mean)} ± {_pct(r.macro_f1_std)} | {_pct(r.mcc_mean)} ± {_pct(r.mcc_std)} | "
+                     f"{r.trainable_params:,} | {r.total_params:,} |")
+    if len(tables["comparisons"]):
+        lines += ["", "## Is the difference real?", "",
+                  f"Paired bootstrap over the same test rows and seeds; a winner is named only where the {level} "
+                  "interval of the difference excludes 0.", "",
+                  "| dataset | SLM | LLM | comparison | verdict |", "|---|---|---|---|---|"]
+        for r in tables["comparisons"].itertuples():
+            marker = " **" if r.significant else " "
+            lines.append(f"| {r.dataset} | {r.slm} | {r.llm} | {r.a} − {r.b} |{marker}{r.verdict}{marker.strip()} |")
+    if len(tables["selectors"]):
+        lines += ["", "## Which selector to trust", "",
+                  "Regret = test accuracy of the oracle layer − test accuracy of the selector's layer, in points, "
+                  f"with its {level} paired interval (* = the interval excludes 0: the selector's layer is really "
+                  "worse). Rank = the chosen layer's place among the swept layers by validation accuracy. "
+                  "ρ = Spearman correlation of the selector's scores with the sweep's validation accuracy. "
+                  "Win rate = share of resampled selections the chosen layer also won; modal = the layer that won "
+                  "most often.", "",
+                  "| dataset | SLM | LLM | selector | layer | oracle | regret (pts) | interval | rank | ρ | win rate | modal | probes converged |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in tables["selectors"].itertuples():
+            name = f"**{r.selector}**" if r.drives_pifi_ilm else r.selector
+            no_regret = _maybe(r.regret) == "-"  # None, or NaN where other selectors have a regret
+            regret = "-" if no_regret else f"{100 * r.regret:+.2f}"
+            star = "*" if not no_regret and bool(r.regret_significant) else ""
+            interval = "-" if no_regret else f"{100 * r.regret_low:+.2f} to {100 * r.regret_high:+.2f}"
+            rank = "-" if r.rank is None or pd.isna(r.rank) else f"{int(r.rank)}/{int(r.n_swept)}"
+            lines.append(f"| {r.dataset} | {r.slm} | {r.llm} | {name} | {r.layer} | {_maybe(r.oracle_layer, '{:.0f}')} | "
+                         f"{regret}{star} | {interval} | {rank} | {_maybe(r.spearman_rho, '{:+.2f}')} | "
+                         f"{_maybe(r.win_rate, '{:.0%}')} | {_maybe(r.modal_layer, '{:.0f}')} | {_maybe(r.converged)} |")
+        lines += ["", "The selector in bold drives `pifi_ilm`."]
+    if len(tables["layers"]):
+        lines += ["", "## PiFi per layer", "",
+                  f"Mean over seeds; validation with a t-interval over seeds, test with the {level} bootstrap interval.",
+                  "", "| dataset | SLM | LLM | layer | swept | seeds | validation | test | test interval |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in tables["layers"].itertuples():
+            lines.append(f"| {r.dataset} | {r.slm} | {r.llm} | {r.layer} | {'yes' if r.swept else 'no'} | {r.n_seeds} | "
+                         f"{_pct(r.val_mean)} | {_pct(r.test_mean)} | {_pct(r.test_low)}–{_pct(r.test_high)} |")
     return "\n".join(lines) + "\n"

@@ -1,12 +1,13 @@
 # Helpers shared by the rules: config validation, the run matrix, and code versions.
-import hashlib
 import os
 import re
 from pathlib import Path
 
 from snakemake.utils import validate
 
-from pifi.config import check_config_keys, check_run_names
+from pifi.artifacts import ArtifactError, read_json, verify_safetensors
+from pifi.config import (check_config_keys, check_data_limits, check_llm_limits, check_run_names,
+                         check_selection_limits, sweep_layer_set)
 from pifi.provenance import code_fingerprint
 
 REPO = Path(workflow.basedir)
@@ -16,12 +17,16 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 # envs/pifi.yaml installs the library from here (--sdm conda).
 os.environ.setdefault("PIFI_REPO", str(REPO))
 
-check_config_keys(config, SCHEMA)  # unknown keys first, named plainly
+check_config_keys(config, SCHEMA)  # unknown keys and unsafe names first, named plainly
 validate(config, schema=str(SCHEMA))  # types, ranges, defaults
 check_run_names(config)
+check_selection_limits(config)  # limits that need no data (e.g. top_pc <= n_pcs)
 
 RUN = config["run"]
-PIFI_METHODS = ("pifi_last", "pifi_ilm")
+SELECTION = config["selection"]
+# The selector that drives pifi_ilm is always computed; the others are compared beside it.
+SELECTORS = list(dict.fromkeys([SELECTION["selector"], *SELECTION["selectors"]]))
+PATCHING = "ilm_pc_patching"  # the seed's score: its own rule, the seed's file format
 
 
 wildcard_constraints:
@@ -29,9 +34,10 @@ wildcard_constraints:
     model="|".join(map(re.escape, config["models"])),
     slm="|".join(map(re.escape, config["models"])),
     llm="|".join(map(re.escape, config["models"])),
-    method="|".join(PIFI_METHODS),
+    selector="|".join(map(re.escape, SELECTORS)),
+    layer=r"\d+",
     seed=r"\d+",
-    run=r"[^/]+/[^/]+/.+/seed\d+",
+    run=r"[^/]+/[^/]+/(base|pifi/[^/]+/layer\d+)/seed\d+",
 
 
 def code_version(script):
@@ -41,6 +47,30 @@ def code_version(script):
     file without changing it re-runs nothing (profiles/default drops the mtime-based code trigger).
     """
     return code_fingerprint(SCRIPTS / script, LIBRARY)
+
+
+def verified(pattern):
+    """An input function for a tensor artifact: a corrupt file stops the DAG before any job runs.
+
+    The check (size, header, checksum) happens once per file and invocation; the error names the
+    file and says to delete it, so nothing downstream is removed by a job that could not succeed.
+    """
+    def existing_and_intact(wildcards):
+        path = pattern.format(**wildcards)
+        if os.path.exists(path) and path not in _VERIFIED:
+            try:
+                verify_safetensors(path)
+            except ArtifactError as error:
+                # SystemExit, not an exception: Snakemake treats an error in the producer of an
+                # existing file as "use the file as it is", which would hide the corruption.
+                raise SystemExit(f"PiFi error: {error}") from None
+            _VERIFIED.add(path)
+        return path
+
+    return existing_and_intact
+
+
+_VERIFIED = set()
 
 
 def dataset_spec(wildcards):
@@ -63,46 +93,153 @@ def slm_manifest(wildcards):
     return model_manifest(wildcards.slm)
 
 
-def run_dirs():
-    """results/runs/... for every dataset x SLM x method x LLM x seed in `run`."""
-    dirs = []
-    for dataset in RUN["datasets"]:
-        for slm in RUN["slms"]:
-            for seed in RUN["seeds"]:
-                if "base" in RUN["methods"]:
-                    dirs.append(f"results/runs/{dataset}/{slm}/base/seed{seed}")
-                for method in PIFI_METHODS:
-                    if method in RUN["methods"]:
-                        dirs += [f"results/runs/{dataset}/{slm}/{method}/{llm}/seed{seed}" for llm in RUN["llms"]]
-    return dirs
+def llm_facts(llm):
+    """An LLM's manifest, once prepare_model (a checkpoint) has described it; the selection settings
+    that depend on its size (n_pcs, silhouette components) are checked here, before any job needs them."""
+    manifest = read_json(checkpoints.prepare_model.get(model=llm).output.manifest)
+    if llm not in _CHECKED_LLMS:
+        check_llm_limits(manifest, SELECTION, SELECTORS)
+        _CHECKED_LLMS.add(llm)
+    return manifest
 
 
-def metrics_files():
-    return [f"{d}/metrics.json" for d in run_dirs()]
+def llm_depth(llm):
+    return llm_facts(llm)["num_layers"]
 
 
-def selection_files():
-    if "pifi_ilm" not in RUN["methods"]:
+def checked_llm_manifest(wildcards):
+    llm_facts(wildcards.llm)
+    return model_manifest(wildcards.llm)
+
+
+def checked_data(dataset):
+    """info.json of a prepared dataset (prepare_data is a checkpoint), checked against the selection
+    settings (n_samples <= rows of the split, folds <= smallest class ...): a bad setting stops the
+    workflow before any training or extraction job of the dataset is scheduled."""
+    info = checkpoints.prepare_data.get(dataset=dataset).output.info
+    if dataset not in _CHECKED_DATA:
+        check_data_limits(read_json(info), SELECTION, SELECTORS, dataset=dataset)
+        _CHECKED_DATA.add(dataset)
+    return info
+
+
+_CHECKED_DATA, _CHECKED_LLMS = set(), set()
+
+
+def training_inputs(wildcards):
+    return {"tokens": verified("results/tokens/{dataset}/{slm}/tokens.safetensors")(wildcards),
+            "test": f"results/data/{wildcards.dataset}/test.parquet",
+            "info": checked_data(wildcards.dataset),
+            "slm": slm_manifest(wildcards)}
+
+
+def extraction_inputs(wildcards):
+    checked_data(wildcards.dataset)
+    return {"samples_from": f"results/data/{wildcards.dataset}/{SELECTION['split']}.parquet",
+            "test": f"results/data/{wildcards.dataset}/test.parquet"}  # only to prove no sample is a test row
+
+
+def selection_file(dataset, slm, llm):
+    return f"results/selection/{dataset}/{slm}/{llm}/selection.json"
+
+
+def selected_layers(dataset, slm, llm):
+    """{selector: chosen layer} for every computed selector, known once select_layer (a checkpoint) ran."""
+    path = checkpoints.select_layer.get(dataset=dataset, slm=slm, llm=llm).output.selection
+    return {name: choice["layer"] for name, choice in read_json(path)["choices"].items()}
+
+
+def scores_file(dataset, slm, llm, selector):
+    """The seed's effects file for PC patching, one scores file per other selector."""
+    if selector == PATCHING:
+        return f"results/selection/{dataset}/{slm}/{llm}/effects.json"
+    return f"results/selection/{dataset}/{llm}/scores/{selector}.json"
+
+
+def selection_scores(wildcards):
+    return {name: scores_file(wildcards.dataset, wildcards.slm, wildcards.llm, name) for name in SELECTORS}
+
+
+def selector_params(wildcards):
+    return SELECTION["selector_params"].get(wildcards.selector, {})
+
+
+def pifi_layers(dataset, slm, llm):
+    """Every layer this dataset x SLM x LLM trains: each trained once, whatever asks for it."""
+    layers = set()
+    if "pifi_last" in RUN["methods"]:
+        layers.add(llm_depth(llm) - 1)
+    if "pifi_sweep" in RUN["methods"]:
+        layers |= set(sweep_layer_set(config["sweep"], llm_depth(llm)))
+    if "pifi_ilm" in RUN["methods"]:
+        chosen = selected_layers(dataset, slm, llm)
+        # Judging a selector needs its chosen layer trained; without a sweep only the driving one is.
+        layers |= set(chosen.values()) if "pifi_sweep" in RUN["methods"] else {chosen[SELECTION["selector"]]}
+    return sorted(layers)
+
+
+def base_run_dirs():
+    """results/runs/.../base/seed{S} for every dataset x SLM x seed (known without any checkpoint)."""
+    if "base" not in RUN["methods"]:
         return []
-    return [
-        f"results/selection/{dataset}/{slm}/{llm}/selection.json"
-        for dataset in RUN["datasets"]
-        for slm in RUN["slms"]
-        for llm in RUN["llms"]
-    ]
+    return [f"results/runs/{dataset}/{slm}/base/seed{seed}"
+            for dataset in RUN["datasets"] for slm in RUN["slms"] for seed in RUN["seeds"]]
 
 
-def evaluation_test_split(wildcards):
-    dataset = wildcards.run.split("/", 1)[0]
-    return f"results/data/{dataset}/test.parquet"
+def pifi_run_dirs():
+    """results/runs/.../pifi/{llm}/layer{L}/seed{S} for every PiFi layer the methods need, each once."""
+    if not set(RUN["methods"]) - {"base"}:
+        return []
+    return [f"results/runs/{dataset}/{slm}/pifi/{llm}/layer{layer}/seed{seed}"
+            for dataset in RUN["datasets"] for slm in RUN["slms"] for llm in RUN["llms"]
+            for layer in pifi_layers(dataset, slm, llm) for seed in RUN["seeds"]]
 
 
-def summary_outputs():
-    return ["results/summary/summary.csv", "results/summary/summary.md"]
+# Base and PiFi runs are separate input functions: the PiFi ones wait for checkpoints (the LLM's
+# depth, the selection), the base ones must not, so they are scheduled from the start.
+def base_metrics(wildcards):
+    return [f"{d}/metrics.json" for d in base_run_dirs()]
 
 
-def pifi_layer_input(wildcards):
-    """pifi_ilm needs the selection; pifi_last only the LLM (its depth gives the last layer)."""
-    if wildcards.method == "pifi_ilm":
-        return f"results/selection/{wildcards.dataset}/{wildcards.slm}/{wildcards.llm}/selection.json"
-    return []
+def pifi_metrics(wildcards):
+    return [f"{d}/metrics.json" for d in pifi_run_dirs()]
+
+
+def base_predictions(wildcards):
+    return [f"{d}/predictions.parquet" for d in base_run_dirs()]
+
+
+def pifi_predictions(wildcards):
+    return [f"{d}/predictions.parquet" for d in pifi_run_dirs()]
+
+
+def selection_files(wildcards):
+    if not set(RUN["methods"]) & {"pifi_ilm", "pifi_sweep"}:
+        return []
+    return [selection_file(d, s, l) for d in RUN["datasets"] for s in RUN["slms"] for l in RUN["llms"]]
+
+
+def all_scores_files(wildcards):
+    if not set(RUN["methods"]) & {"pifi_ilm", "pifi_sweep"}:
+        return []
+    return [scores_file(d, s, l, name) for d in RUN["datasets"] for s in RUN["slms"] for l in RUN["llms"]
+            for name in SELECTORS]
+
+
+def run_test_split(wildcards):
+    return f"results/data/{wildcards.run.split('/', 1)[0]}/test.parquet"
+
+
+SUMMARY_TABLES = ("summary", "comparisons", "layers", "selectors", "selector_scores")
+
+
+def figure_files():
+    return [f"results/summary/figures/{d}.{s}.{l}.{kind}.svg"
+            for d in RUN["datasets"] for s in RUN["slms"] for l in RUN["llms"]
+            for kind in ("layers", "methods")
+            if set(RUN["methods"]) - {"base"}]
+
+
+def final_outputs():
+    return [f"results/summary/{name}.csv" for name in SUMMARY_TABLES] + ["results/summary/summary.md",
+                                                                         *figure_files()]

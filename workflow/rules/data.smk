@@ -1,4 +1,6 @@
-rule prepare_data:
+# A checkpoint: the row and label counts in info.json are checked against the selection settings
+# (pifi.config.selection_limits_report) before any job that depends on them is scheduled.
+checkpoint prepare_data:
     output:
         train="results/data/{dataset}/train.parquet",
         validation="results/data/{dataset}/validation.parquet",
@@ -9,9 +11,30 @@ rule prepare_data:
     params:
         spec=dataset_spec,
         validation_fraction=config["data"]["validation_fraction"],
+        drop_blank_texts=config["data"]["drop_blank_texts"],
         seed=config["data"]["seed"],
         code=code_version("prepare_data.py"),
     conda:
         "../../envs/pifi.yaml"
     script:
         "../scripts/prepare_data.py"
+
+
+# Token ids of every split, once per dataset x SLM: no training job tokenizes again.
+rule tokenize:
+    input:
+        train="results/data/{dataset}/train.parquet",
+        validation="results/data/{dataset}/validation.parquet",
+        test="results/data/{dataset}/test.parquet",
+        slm=slm_manifest,
+    output:
+        tokens="results/tokens/{dataset}/{slm}/tokens.safetensors",
+    log:
+        "results/logs/tokens/{dataset}/{slm}.log",
+    params:
+        max_length=config["training"]["max_length"],
+        code=code_version("tokenize_splits.py"),
+    conda:
+        "../../envs/pifi.yaml"
+    script:
+        "../scripts/tokenize_splits.py"

@@ -1,18 +1,18 @@
 rule extract_hidden:
     input:
-        samples_from=f"results/data/{{dataset}}/{config['selection']['split']}.parquet",
-        test="results/data/{dataset}/test.parquet",  # only to prove no sample is a test row
-        llm=llm_manifest,
+        unpack(extraction_inputs),
+        llm=checked_llm_manifest,  # its own function: both checkpoints are waited for at once
     output:
         states="results/hidden/{dataset}/{llm}/states.safetensors",
         samples="results/hidden/{dataset}/{llm}/samples.parquet",
     log:
         "results/logs/hidden/{dataset}/{llm}.log",
     params:
-        n_samples=config["selection"]["n_samples"],
-        max_length=config["selection"]["max_length"],
-        batch_size=config["selection"]["batch_size"],
-        seed=config["selection"]["seed"],
+        n_samples=SELECTION["n_samples"],
+        max_length=SELECTION["max_length"],
+        batch_size=SELECTION["batch_size"],
+        dtype=SELECTION["dtype"],
+        seed=SELECTION["seed"],
         device=config["device"],
         code=code_version("extract_hidden.py"),
     resources:

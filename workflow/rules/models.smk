@@ -1,4 +1,5 @@
-rule prepare_model:
+# A checkpoint: the LLM's depth (its last layer, the sweep's layers) is read from the manifest.
+checkpoint prepare_model:
     output:
         manifest="results/models/{model}/model.json",
     log:

@@ -1,4 +1,7 @@
-# Two rules, one script: `base` has no LLM in its path, PiFi runs do.
+# Two rules, one script. PiFi runs are keyed by layer, so a layer asked for by pifi_last, pifi_ilm,
+# a compared selector and the sweep is trained once and shared. Each run also writes its test
+# predictions at the best epoch (no second model load for evaluation) and its timings apart, so
+# that identical runs give identical files everywhere else.
 TRAINING_PARAMS = dict(
     training=config["training"],
     device=config["device"],
@@ -8,14 +11,13 @@ TRAINING_PARAMS = dict(
 
 rule train_base:
     input:
-        train="results/data/{dataset}/train.parquet",
-        validation="results/data/{dataset}/validation.parquet",
-        info="results/data/{dataset}/info.json",
-        slm=slm_manifest,
+        unpack(training_inputs),
     output:
         checkpoint="results/runs/{dataset}/{slm}/base/seed{seed}/model.safetensors",
         spec="results/runs/{dataset}/{slm}/base/seed{seed}/model.json",
         history="results/runs/{dataset}/{slm}/base/seed{seed}/history.json",
+        predictions="results/runs/{dataset}/{slm}/base/seed{seed}/predictions.parquet",
+        timings="results/runs/{dataset}/{slm}/base/seed{seed}/timings.json",
     log:
         "results/logs/runs/{dataset}/{slm}/base/seed{seed}/train.log",
     params:
@@ -30,18 +32,16 @@ rule train_base:
 
 rule train_pifi:
     input:
-        train="results/data/{dataset}/train.parquet",
-        validation="results/data/{dataset}/validation.parquet",
-        info="results/data/{dataset}/info.json",
-        slm=slm_manifest,
-        llm=llm_manifest,
-        selection=pifi_layer_input,
+        unpack(training_inputs),
+        llm=checked_llm_manifest,
     output:
-        checkpoint="results/runs/{dataset}/{slm}/{method}/{llm}/seed{seed}/model.safetensors",
-        spec="results/runs/{dataset}/{slm}/{method}/{llm}/seed{seed}/model.json",
-        history="results/runs/{dataset}/{slm}/{method}/{llm}/seed{seed}/history.json",
+        checkpoint="results/runs/{dataset}/{slm}/pifi/{llm}/layer{layer}/seed{seed}/model.safetensors",
+        spec="results/runs/{dataset}/{slm}/pifi/{llm}/layer{layer}/seed{seed}/model.json",
+        history="results/runs/{dataset}/{slm}/pifi/{llm}/layer{layer}/seed{seed}/history.json",
+        predictions="results/runs/{dataset}/{slm}/pifi/{llm}/layer{layer}/seed{seed}/predictions.parquet",
+        timings="results/runs/{dataset}/{slm}/pifi/{llm}/layer{layer}/seed{seed}/timings.json",
     log:
-        "results/logs/runs/{dataset}/{slm}/{method}/{llm}/seed{seed}/train.log",
+        "results/logs/runs/{dataset}/{slm}/pifi/{llm}/layer{layer}/seed{seed}/train.log",
     params:
         **TRAINING_PARAMS,
     resources:

@@ -1,24 +1,30 @@
-"""The PC-patching effect of every decoder layer, in the seed experiment's JSON format."""
+"""The seed's PC-patching effect of every decoder layer, in the seed experiment's JSON format."""
 
 from pifi.artifacts import write_json
+from pifi.choice import margin, unconverged_layers
 from pifi.hidden import load_states
 from pifi.job import start_job
-from pifi.selection import effects_report, load_pcas, patching_effect, selection_stability
+from pifi.selection import effects_report, load_pcas, patching_effect
+from pifi.selectors import selection_stability
 
 log = start_job(snakemake)
 p, wc = snakemake.params, snakemake.wildcards
 states, labels = load_states(snakemake.input.states)
 pcas = load_pcas(snakemake.input.pca)
 effects = [patching_effect(x, labels, pca, top_pc=p.top_pc, lambdas=p.lambdas) for x, pca in zip(states, pcas)]
+n_pcs = pcas[0].components.shape[0]
 report = effects_report(
     effects, dataset=wc.dataset, slm_type=wc.slm, llm_type=wc.llm, n_samples=len(labels),
-    n_pcs=pcas[0].components.shape[0], top_pc=p.top_pc, seed=p.seed, lambdas=list(p.lambdas),
-    sample_split=p.split,
+    n_pcs=n_pcs, top_pc=p.top_pc, seed=p.seed, lambdas=list(p.lambdas), sample_split=p.split,
 )
+report["converged"] = report["probe_converged"]
+report["stability"] = None
 if p.stability_resamples:
     report["stability"] = selection_stability(
-        states, labels, n_pcs=report["n_pcs"], top_pc=p.top_pc, lambdas=p.lambdas,
+        "ilm_pc_patching", states, labels, n_pcs=n_pcs, top_pc=p.top_pc, lambdas=list(p.lambdas),
         resamples=p.stability_resamples, fraction=p.stability_fraction, seed=p.seed)
     log.info("stability: layer win rates %s", report["stability"]["win_rate"])
+if bad := unconverged_layers(report["converged"]):
+    log.warning("the probe did not converge on layers %s (effects kept, marked in `probe_converged`)", bad)
 log.info("effects %s; best layer %d", report["effects"], report["best_llm_layer"])
 write_json(snakemake.output.effects, report)

@@ -6,7 +6,8 @@ from pifi.job import start_job
 
 log = start_job(snakemake)
 splits = prepare_splits(snakemake.wildcards.dataset, snakemake.params.spec,
-                        validation_fraction=snakemake.params.validation_fraction, seed=snakemake.params.seed)
+                        validation_fraction=snakemake.params.validation_fraction, seed=snakemake.params.seed,
+                        drop_blank_texts=snakemake.params.drop_blank_texts)
 info = {"dataset": snakemake.wildcards.dataset, "source": snakemake.params.spec["source"],
         "num_labels": int(splits["train"]["label"].max()) + 1, "splits": {}}
 for split, frame in splits.items():

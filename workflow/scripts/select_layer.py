@@ -1,10 +1,14 @@
-"""Pick the layer to plug in from the per-layer effects."""
+"""Pick the layer pifi_ilm trains, and record every compared selector's choice."""
 
 from pifi.artifacts import read_json, write_json
+from pifi.choice import selection_record
 from pifi.job import start_job
-from pifi.selection import select_from_report
 
 log = start_job(snakemake)
-selection = select_from_report(read_json(snakemake.input.effects))
-log.info("selected %s", selection)
+wc = snakemake.wildcards
+reports = {name: read_json(path) for name, path in snakemake.input.items()}
+selection = selection_record(reports, snakemake.params.selector, dataset=wc.dataset, slm=wc.slm, llm=wc.llm)
+for name, choice in selection["choices"].items():
+    log.info("%-16s layer %2d (margin %s, win rate %s)", name, choice["layer"], choice["margin"], choice["win_rate"])
+log.info("pifi_ilm trains layer %d (selector %s)", selection["layer"], selection["selector"])
 write_json(snakemake.output.selection, selection)

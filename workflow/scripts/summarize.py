@@ -1,13 +1,16 @@
-"""The comparison table over every run: CSV for machines, Markdown for people."""
+"""The summary tables (CSV for machines) and their Markdown reading (for people)."""
 
 from pifi.artifacts import write_text
 from pifi.job import start_job
-from pifi.summary import markdown_report, selections_table, summarize_runs
+from pifi.summary import Bootstrap, build_tables, markdown_report
 
 log = start_job(snakemake)
-table = summarize_runs(snakemake.input.metrics)
-selections = selections_table(snakemake.input.selections)
-write_text(snakemake.output.csv, table.to_csv(index=False))
-report = markdown_report(table, selections)
+p = snakemake.params
+boot = Bootstrap(**p.bootstrap)
+tables = build_tables([*snakemake.input.base_metrics, *snakemake.input.pifi_metrics], snakemake.input.selections, snakemake.input.scores,
+                      methods=p.methods, sweep=p.sweep, boot=boot)
+for name, table in tables.items():
+    write_text(snakemake.output[name], table.to_csv(index=False))
+report = markdown_report(tables, confidence=boot.confidence)
 write_text(snakemake.output.markdown, report)
 log.info("\n%s", report)

@@ -1,48 +1,69 @@
-"""Fine-tune one classifier (base, or PiFi with the last or the selected LLM layer) and save it."""
+"""Fine-tune one classifier (base, or PiFi with one LLM layer), save it and its test predictions."""
+
+import hashlib
+from pathlib import Path
 
 import pandas as pd
-from transformers import AutoTokenizer
 
-from pifi.artifacts import read_json, write_json, write_safetensors
-from pifi.data import cap_rows
+from pifi.artifacts import read_json, read_safetensors, write_json, write_parquet, write_safetensors
+from pifi.evaluation import predictions_frame
 from pifi.job import job_device, start_job
 from pifi.model import ModelSpec, build_classifier, count_parameters
 from pifi.model_sources import ModelRef
-from pifi.training import TrainingConfig, seed_everything, train_classifier
+from pifi.resume import ResumeStore, fingerprint
+from pifi.tokens import TokenizedSplit, capped_rows
+from pifi.training import TrainingConfig, predict_proba, seed_everything, train_classifier
+
+EVAL_ROWS_SEED = 0  # capped validation/test rows are the same for every run, so runs stay paired
 
 log = start_job(snakemake)
 device = job_device(snakemake)
-wc, inp, t = snakemake.wildcards, snakemake.input, snakemake.params.training
-method, seed = wc.get("method", "base"), int(wc.seed)
+wc, inp, out, t = snakemake.wildcards, snakemake.input, snakemake.output, snakemake.params.training
+seed, layer = int(wc.seed), int(wc.layer) if "layer" in wc.keys() else None
 
-llm_path, layer, llm_remote_code = None, None, False
-if method != "base":
+llm_path, llm_remote_code, num_layers = None, False, None
+if layer is not None:
     llm = ModelRef.from_manifest(inp.llm)
-    layer = read_json(inp.selection)["layer"] if method == "pifi_ilm" else llm.num_layers - 1
-    llm_path, llm_remote_code = str(llm.path), llm.trust_remote_code
     llm.check_layer(layer)
+    llm_path, llm_remote_code, num_layers = str(llm.path), llm.trust_remote_code, llm.num_layers
     log.info("plugging layer %d of %s (%d layers)", layer, llm.name, llm.num_layers)
 
 slm = ModelRef.from_manifest(inp.slm)
-spec = ModelSpec(method=method, slm_path=str(slm.path), num_labels=read_json(inp.info)["num_labels"],
-                 dropout=t["dropout"], llm_path=llm_path, llm_layer=layer, max_length=t["max_length"],
-                 slm_trust_remote_code=slm.trust_remote_code, llm_trust_remote_code=llm_remote_code)
+spec = ModelSpec(method="base" if layer is None else "pifi", slm_path=str(slm.path),
+                 num_labels=read_json(inp.info)["num_labels"], dropout=t["dropout"], llm_path=llm_path,
+                 llm_layer=layer, max_length=t["max_length"], slm_trust_remote_code=slm.trust_remote_code,
+                 llm_trust_remote_code=llm_remote_code)
 seed_everything(seed)  # the new head and projections start from the run's seed
 model = build_classifier(spec)
 params = count_parameters(model)
 log.info("parameters: %s", params)
 
-tokenizer = AutoTokenizer.from_pretrained(slm.path, trust_remote_code=slm.trust_remote_code)
-train = cap_rows(pd.read_parquet(inp.train), t["max_train_samples"], seed)
-validation = cap_rows(pd.read_parquet(inp.validation), t["max_eval_samples"], seed)
+tokens, meta = read_safetensors(inp.tokens, framework="pt")
+pad_id = int(meta["pad_token_id"])
+rows = {"train": capped_rows(len(tokens["train.lengths"]), t["max_train_samples"], seed),
+        **{split: capped_rows(len(tokens[f"{split}.lengths"]), t["max_eval_samples"], EVAL_ROWS_SEED)
+           for split in ("validation", "test")}}
+splits = {split: TokenizedSplit.from_tensors(tokens, split, pad_id=pad_id, width=t["max_length"], rows=r)
+          for split, r in rows.items()}
 cfg = TrainingConfig.from_config(t, seed)
-log.info("training on %d rows, validating on %d, device %s", len(train), len(validation), device)
-result = train_classifier(model, tokenizer, train, validation, cfg, device)
+log.info("training on %d rows, validating on %d, device %s", len(splits["train"]), len(splits["validation"]), device)
+tokens_digest = hashlib.sha256(Path(inp.tokens).read_bytes()).hexdigest()
+resume = ResumeStore(Path(out.checkpoint).parent / "resume",
+                     fingerprint(t, spec.to_dict(), snakemake.params.code, tokens_digest))
+result = train_classifier(model, splits["train"], splits["validation"], cfg, device, resume=resume)
 
-run = {"dataset": wc.dataset, "slm": wc.slm, "llm": wc.get("llm"), "method": method, "seed": seed,
-       "llm_layer": layer}
-write_safetensors(snakemake.output.checkpoint, result.best_state,
-                  metadata={"method": method, "best_epoch": str(result.best_epoch)})
-write_json(snakemake.output.spec, {"model": spec.to_dict(), "run": run, **params})
-write_json(snakemake.output.history, {"best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
-                                      "epochs": result.history, "device": str(device)})
+# Test predictions of the best epoch, from this process: evaluation needs no second model load.
+model.load_state_dict(result.best_state, strict=False)
+probabilities = predict_proba(model, splits["test"].to(device), cfg.eval_batch_size, device)
+test = pd.read_parquet(inp.test, columns=["row_id", "label"]).iloc[rows["test"]]
+run = {"dataset": wc.dataset, "slm": wc.slm, "llm": wc.get("llm"), "method": spec.method, "llm_layer": layer,
+       "num_layers": num_layers, "seed": seed}
+best = result.history[result.best_epoch - 1]
+write_parquet(out.predictions, predictions_frame(test["row_id"].tolist(), test["label"].to_numpy(), probabilities))
+write_safetensors(out.checkpoint, result.best_state, metadata={"method": spec.method, "best_epoch": str(result.best_epoch)})
+write_json(out.spec, {"model": spec.to_dict(), "run": run, **params})
+write_json(out.history, {"best_epoch": result.best_epoch, "best_validation_accuracy": best["validation_accuracy"],
+                         "epochs": result.history})
+write_json(out.timings, {"train_seconds": round(result.train_seconds, 3), "device": str(device),
+                         "resumed_after_epoch": result.resumed_from_epoch})
+resume.clear()

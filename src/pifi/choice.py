@@ -1,0 +1,66 @@
+"""Selector score files and the selection file: what each selector chose, and how clearly.
+
+Every selector's file holds the same keys (``selector``, ``scores``, ``best_layer``, runner-up and
+margin, ``converged``, ``stability``); the seed's ``effects.json`` holds them too, after its own.
+``selection.json`` records every selector's choice and which one drives ``pifi_ilm``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+
+def best_layer(scores: Sequence[float]) -> int:
+    """The layer with the largest score, the first on ties."""
+    return int(np.argmax(np.asarray(scores, dtype=np.float64)))
+
+
+def margin(scores: Sequence[float]) -> dict[str, Any]:
+    """How clearly the best layer wins: the runner-up and the gap to it."""
+    values = np.asarray(scores, dtype=np.float64)
+    if len(values) < 2:
+        return {"runner_up_layer": None, "margin": None}
+    best = best_layer(values)
+    rest = values.copy()
+    rest[best] = -np.inf
+    runner_up = int(np.argmax(rest))
+    return {"runner_up_layer": runner_up, "margin": float(values[best] - values[runner_up])}
+
+
+def scores_report(selector: str, scores: Sequence[float], *, converged: Sequence[bool] | None,
+                  stability: Mapping[str, Any] | None, params: Mapping[str, Any], **fields: Any) -> dict[str, Any]:
+    """One selector's score file."""
+    scores = [float(s) for s in scores]
+    return {"selector": selector, **fields, "params": dict(params), "scores": scores,
+            "best_layer": best_layer(scores), **margin(scores), "num_layers": len(scores),
+            "converged": None if converged is None else [bool(c) for c in converged],
+            "stability": None if stability is None else dict(stability)}
+
+
+def unconverged_layers(converged: Sequence[bool] | None) -> list[int]:
+    return [] if converged is None else [layer for layer, ok in enumerate(converged) if not ok]
+
+
+def choice(report: Mapping[str, Any]) -> dict[str, Any]:
+    """What one selector chose, from its score file (the seed's effects.json included)."""
+    scores = report["scores"]
+    layer = best_layer(scores)
+    stability = report.get("stability") or {}
+    win_rate = stability.get("win_rate")
+    return {"layer": layer, "score": scores[layer], **margin(scores), "num_layers": len(scores),
+            "win_rate": None if win_rate is None else win_rate[layer],
+            "modal_layer": stability.get("modal_layer")}
+
+
+def selection_record(reports: Mapping[str, Mapping[str, Any]], selector: str, *, dataset: str, slm: str,
+                     llm: str) -> dict[str, Any]:
+    """selection.json: the driving selector's layer first, then every selector's choice."""
+    if selector not in reports:
+        raise ValueError(f"selector {selector!r} has no scores; computed: {sorted(reports)}")
+    choices = {name: choice(report) for name, report in reports.items()}
+    driving = choices[selector]
+    return {"dataset": dataset, "slm": slm, "llm": llm, "selector": selector, "layer": driving["layer"],
+            **{k: v for k, v in driving.items() if k != "layer"}, "choices": choices}
