@@ -50,6 +50,23 @@ def ensure_cache() -> None:
         ignore.write_text("# converted and synthetic checkpoints for the benchmarks (GBs): never commit\n*\n")
 
 
+def made_once(name: str, make: Callable[[Path], None], what: str) -> Path:
+    """``CACHE/name``, made by ``make(folder)`` the first time only.
+
+    The folder is written aside and renamed into place, so an interrupted write is never taken for
+    a finished one.
+    """
+    from pifi.artifacts import atomic_dir
+
+    out = CACHE / name
+    if not (out / "config.json").exists():
+        ensure_cache()
+        print(f"saving {what} to {out} (once)")
+        with atomic_dir(out) as tmp:
+            make(tmp)
+    return out
+
+
 def smollm2_dir() -> Path:
     """SmolLM2-135M as safetensors: the demo's conversion if present, else a one-off conversion here."""
     if (DEMO_SMOLLM2 / "config.json").exists():
@@ -99,6 +116,20 @@ def run_in_child(fn: Callable[..., T], *args: Any) -> T:
     context = multiprocessing.get_context(method)
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
         return pool.submit(fn, *args).result()
+
+
+def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> dict[str, Any]:
+    """The ratio of two interleaved series: of their medians (the headline) and round by round.
+
+    The per-round ratios (both sides timed in the same round) show how far the machine's noise moves
+    the headline; the ratio of the minima (each side's least disturbed step) is the view that a
+    machine busy with other work spoils least.
+    """
+    per_round = [a / b for a, b in zip(numerator, denominator)]
+    ordered = sorted(per_round)
+    return {"ratio": median(numerator) / median(denominator), "per_round": per_round,
+            "per_round_min": ordered[0], "per_round_median": median(ordered), "per_round_max": ordered[-1],
+            "ratio_of_minima": min(numerator) / min(denominator)}
 
 
 def _cpu_model() -> str:
