@@ -8,7 +8,8 @@ import jsonschema
 import pytest
 import yaml
 
-from pifi.config import ConfigError, check_config_keys, check_run_names, unknown_keys
+from pifi.config import (ConfigError, check_config_keys, check_data_limits, check_llm_limits, check_run_names,
+                         check_selection_limits, sweep_layer_set, unknown_keys, unsafe_names)
 from tiny_project import REPO
 
 SCHEMA_PATH = REPO / "workflow/schemas/config.schema.yaml"
@@ -79,3 +80,57 @@ def test_schema_rejects_bad_values(schema, config, mutate, fragment):
     mutate(config)
     with pytest.raises(jsonschema.ValidationError, match=fragment):
         jsonschema.validate(config, schema)
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", ".hidden", "-flag", "x\n", ""])
+def test_unsafe_registry_names_are_refused(config, name):
+    config["datasets"][name] = {"source": "local", "path": "d"}
+    assert any(repr(name)[1:-1] in p or name in p for p in unsafe_names(config))
+
+
+def test_safe_registry_names_pass(config):
+    config["models"]["qwen2_0.5b-v2_x"] = {"source": "local", "name": "x", "path": "/m"}
+    assert unsafe_names(config) == []
+
+
+def selection(**changes):
+    return {"split": "train", "n_samples": 400, "n_pcs": 16, "top_pc": 5, "stability_resamples": 10,
+            "stability_fraction": 0.8, "selector_params": {}, **changes}
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"top_pc": 17}, "selection.top_pc (17) is larger than selection.n_pcs (16)"),
+    ({"n_pcs": 20, "top_pc": 5, "n_samples": 18}, "selection.n_pcs (20) is larger than selection.n_samples (18)"),
+    ({"n_samples": 18, "n_pcs": 16}, "larger than a stability subset (14"),
+])
+def test_contradicting_selection_settings_are_refused_never_clamped(config, changes, fragment):
+    config["selection"] = selection(**changes)
+    with pytest.raises(ConfigError) as error:
+        check_selection_limits(config)
+    assert fragment in str(error.value)
+
+
+def test_selection_limits_against_the_data_and_the_llm():
+    info = {"splits": {"train": {"label_counts": {"0": 90, "1": 30}}}}
+    check_data_limits(info, selection(n_samples=100), ["probe_cv"], dataset="d")  # 25 of the rarer class: ok
+    with pytest.raises(ConfigError, match="n_samples is 400 but the train split of 'd' has 120 rows"):
+        check_data_limits(info, selection(), [], dataset="d")
+    with pytest.raises(ConfigError, match="probe_cv: 5 folds"):
+        check_data_limits(info, selection(n_samples=12, n_pcs=4, top_pc=2, stability_resamples=0), ["probe_cv"], dataset="d")
+    check_llm_limits({"name": "m", "hidden_size": 64}, selection(), ["silhouette"])
+    with pytest.raises(ConfigError, match="n_pcs \\(16\\) is larger than the hidden size 8"):
+        check_llm_limits({"name": "m", "hidden_size": 8}, selection(), [])
+
+
+@pytest.mark.parametrize("sweep, depth, expected", [
+    ({"layers": "all", "stride": 1}, 4, [0, 1, 2, 3]),
+    ({"layers": "all", "stride": 10}, 30, [0, 10, 20, 29]),
+    ({"layers": [0, -1, 5]}, 24, [0, 5, 23]),
+])
+def test_sweep_layer_set(sweep, depth, expected):
+    assert sweep_layer_set(sweep, depth) == expected
+
+
+def test_sweep_layers_out_of_range_are_refused():
+    with pytest.raises(ConfigError, match=r"\[24\] out of range for an LLM of 24 decoder layers"):
+        sweep_layer_set({"layers": [24]}, 24)
