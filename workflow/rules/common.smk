@@ -1,12 +1,13 @@
 # Helpers shared by the rules: config validation, the run matrix, and code versions.
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 from snakemake.utils import validate
 
 from pifi.artifacts import ArtifactError, read_json, verify_safetensors
-from pifi.config import (check_config_keys, check_data_limits, check_llm_limits, check_run_names,
+from pifi.config import (ConfigError, check_config_keys, check_data_limits, check_llm_limits, check_run_names,
                          check_selection_limits, sweep_layer_set)
 from pifi.provenance import code_fingerprint
 
@@ -49,6 +50,19 @@ def code_version(script):
     return code_fingerprint(SCRIPTS / script, LIBRARY)
 
 
+@contextmanager
+def stop_on(*errors):
+    """Stop the whole run with one line when an input function finds a bad file or setting.
+
+    SystemExit, not an exception: Snakemake treats an error in the input function of a job whose
+    output already exists as "use the existing file as it is", which would hide the problem.
+    """
+    try:
+        yield
+    except errors as error:
+        raise SystemExit(f"PiFi error: {error}") from None
+
+
 def verified(pattern):
     """An input function for a tensor artifact: a corrupt file stops the DAG before any job runs.
 
@@ -58,12 +72,8 @@ def verified(pattern):
     def existing_and_intact(wildcards):
         path = pattern.format(**wildcards)
         if os.path.exists(path) and path not in _VERIFIED:
-            try:
+            with stop_on(ArtifactError):
                 verify_safetensors(path)
-            except ArtifactError as error:
-                # SystemExit, not an exception: Snakemake treats an error in the producer of an
-                # existing file as "use the file as it is", which would hide the corruption.
-                raise SystemExit(f"PiFi error: {error}") from None
             _VERIFIED.add(path)
         return path
 
@@ -98,7 +108,8 @@ def llm_facts(llm):
     that depend on its size (n_pcs, silhouette components) are checked here, before any job needs them."""
     manifest = read_json(checkpoints.prepare_model.get(model=llm).output.manifest)
     if llm not in _CHECKED_LLMS:
-        check_llm_limits(manifest, SELECTION, SELECTORS)
+        with stop_on(ConfigError):
+            check_llm_limits(manifest, SELECTION, SELECTORS)
         _CHECKED_LLMS.add(llm)
     return manifest
 
@@ -118,7 +129,8 @@ def checked_data(dataset):
     workflow before any training or extraction job of the dataset is scheduled."""
     info = checkpoints.prepare_data.get(dataset=dataset).output.info
     if dataset not in _CHECKED_DATA:
-        check_data_limits(read_json(info), SELECTION, SELECTORS, dataset=dataset)
+        with stop_on(ConfigError):
+            check_data_limits(read_json(info), SELECTION, SELECTORS, dataset=dataset)
         _CHECKED_DATA.add(dataset)
     return info
 
@@ -170,7 +182,8 @@ def pifi_layers(dataset, slm, llm):
     if "pifi_last" in RUN["methods"]:
         layers.add(llm_depth(llm) - 1)
     if "pifi_sweep" in RUN["methods"]:
-        layers |= set(sweep_layer_set(config["sweep"], llm_depth(llm)))
+        with stop_on(ConfigError):
+            layers |= set(sweep_layer_set(config["sweep"], llm_depth(llm)))
     if "pifi_ilm" in RUN["methods"]:
         chosen = selected_layers(dataset, slm, llm)
         # Judging a selector needs its chosen layer trained; without a sweep only the driving one is.
