@@ -50,7 +50,8 @@ def test_real_models_select_a_layer_and_train(real_setup):
     from pifi.model import ModelSpec, build_classifier, count_parameters
     from pifi.plugged_layer import build_plugged_layer
     from pifi.selection import best_layer, pc_patching_effects
-    from pifi.training import TrainingConfig, encode_frame, make_loader, predict_proba, train_classifier
+    from pifi.tokens import TokenizedSplit
+    from pifi.training import TrainingConfig, predict_proba, train_classifier
 
     slm, llm, info, sample, validation = (real_setup[k] for k in ("slm", "llm", "llm_info", "sample", "validation"))
     assert (info["model_type"], info["num_layers"], info["hidden_size"]) == ("llama", 30, 576)
@@ -93,12 +94,12 @@ def test_real_models_select_a_layer_and_train(real_setup):
         counts = count_parameters(classifier)
         assert counts["total_params"] - counts["trainable_params"] == sum(
             p.numel() for p in classifier.plug.parameters())
-        result = train_classifier(classifier, slm_tokenizer, sample, validation, cfg, torch.device("cpu"),
-                                  progress=False)
+        result = train_classifier(classifier, TokenizedSplit.from_frame(slm_tokenizer, sample, 64),
+                                  TokenizedSplit.from_frame(slm_tokenizer, validation, 64), cfg, torch.device("cpu"))
         assert len(result.history) == 1 and np.isfinite(result.history[0]["train_loss"])
         assert result.best_epoch == 1 and result.best_state
-        loader = make_loader(slm_tokenizer, encode_frame(slm_tokenizer, validation, 64), 32, shuffle=False)
-        probabilities = predict_proba(classifier, loader, torch.device("cpu"))
+        probabilities = predict_proba(classifier, TokenizedSplit.from_frame(slm_tokenizer, validation, 64), 32,
+                                      torch.device("cpu"))
         assert probabilities.shape == (len(validation), 2)
         assert np.isfinite(probabilities).all()
         np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
