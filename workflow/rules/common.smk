@@ -1,6 +1,7 @@
 # Helpers shared by the rules: config validation, the run matrix, and code versions.
 import os
 import re
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -60,7 +61,10 @@ def stop_on(*errors):
     try:
         yield
     except errors as error:
-        raise SystemExit(f"PiFi error: {error}") from None
+        # Printed here: when this happens while the DAG is updated after a checkpoint, Snakemake
+        # reports only that the checkpoint job failed.
+        print(f"PiFi error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
 
 
 def verified(pattern):
