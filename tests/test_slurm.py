@@ -51,10 +51,11 @@ TEST_MEM_MB_CAP = 2000
 _SUBMITTED = re.compile(
     r"Job (?P<job>\d+) has been submitted with SLURM jobid (?P<slurm>\d+) \(log: (?P<log>.+?)\)\."
 )
-# A job header in Snakemake's log: "rule NAME:" or "localrule NAME:", then its
+# A job header in Snakemake's log: "rule NAME:", "checkpoint NAME:" or "localrule NAME:", then its
 # indented fields, among them "jobid: N".
 _JOB_HEADER = re.compile(
-    r"^(?P<local>local)?rule (?P<rule>\w+):\n(?:[ \t]+.*\n)*?[ \t]+jobid: (?P<job>\d+)$", re.MULTILINE
+    r"^(?P<local>local)?(?:rule|checkpoint) (?P<rule>\w+):\n(?:[ \t]+.*\n)*?[ \t]+jobid: (?P<job>\d+)$",
+    re.MULTILINE
 )
 
 
