@@ -10,24 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
-
-def best_layer(scores: Sequence[float]) -> int:
-    """The layer with the largest score, the first on ties."""
-    return int(np.argmax(np.asarray(scores, dtype=np.float64)))
-
-
-def margin(scores: Sequence[float]) -> dict[str, Any]:
-    """How clearly the best layer wins: the runner-up and the gap to it."""
-    values = np.asarray(scores, dtype=np.float64)
-    if len(values) < 2:
-        return {"runner_up_layer": None, "margin": None}
-    best = best_layer(values)
-    rest = values.copy()
-    rest[best] = -np.inf
-    runner_up = int(np.argmax(rest))
-    return {"runner_up_layer": runner_up, "margin": float(values[best] - values[runner_up])}
+from pifi.selection import best_layer
+from pifi.selection import selection_margin as margin  # one runner-up rule for every selector
 
 
 def scores_report(selector: str, scores: Sequence[float], *, converged: Sequence[bool] | None,

@@ -1,7 +1,7 @@
 """The seed's PC-patching effect of every decoder layer, in the seed experiment's JSON format."""
 
 from pifi.artifacts import write_json
-from pifi.choice import margin, unconverged_layers
+from pifi.choice import unconverged_layers
 from pifi.hidden import load_states
 from pifi.job import start_job
 from pifi.selection import effects_report, load_pcas, patching_effect
