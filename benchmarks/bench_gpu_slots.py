@@ -21,26 +21,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from common import RESULTS, machine_info, made_once, median, minilm_dir, print_table
+from common import BERT_BASE_SHAPE, RESULTS, TINY_BERT_SHAPE, GpuSampler, machine_info, made_once, median, print_table, save_bert, save_qwen2
 
 BATCH = 32
 STEADY_FROM = 10  # steps before the steady-throughput window opens (compiles and graph recordings done)
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-BERT_BASE_SHAPE: dict[str, Any] = {}  # BertConfig's defaults: 12 x 768, vocab 30,522
-TINY_BERT_SHAPE = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512)
 QWEN2_05B_LAYER_SHAPE = dict(hidden_size=896, intermediate_size=4864, num_attention_heads=14, num_key_value_heads=2,
                              num_hidden_layers=2, vocab_size=1024, rms_norm_eps=1e-6, tie_word_embeddings=True,
                              max_position_embeddings=32768)
@@ -50,34 +44,13 @@ TINY_QWEN2_SHAPE = dict(hidden_size=256, intermediate_size=512, num_attention_he
 
 # ---------------------------------------------------------------- checkpoints (parent, once)
 
-def _save_bert(shape: dict[str, Any]):
-    def save(folder: Path) -> None:
-        from transformers import BertConfig, BertModel
-
-        torch.manual_seed(0)
-        BertModel(BertConfig(**shape), add_pooling_layer=False).save_pretrained(folder)
-        for name in TOKENIZER_FILES:  # bert-base-uncased's vocabulary, as MiniLM's package ships it
-            if (minilm_dir() / name).exists():
-                shutil.copy(minilm_dir() / name, folder / name)
-    return save
-
-
-def _save_qwen2(shape: dict[str, Any]):
-    def save(folder: Path) -> None:
-        from transformers import AutoModelForCausalLM, Qwen2Config
-
-        torch.manual_seed(0)
-        AutoModelForCausalLM.from_config(Qwen2Config(**shape), dtype=torch.bfloat16).save_pretrained(folder)
-    return save
-
-
 def checkpoints(model: str) -> tuple[Path, Path]:
     if model == "bert-base":
-        return (made_once("slots-bert-base-random", _save_bert(BERT_BASE_SHAPE), "random BERT-base weights"),
-                made_once("slots-qwen2-0.5b-shaped-2-layers", _save_qwen2(QWEN2_05B_LAYER_SHAPE),
+        return (made_once("slots-bert-base-random", save_bert(BERT_BASE_SHAPE), "random BERT-base weights"),
+                made_once("slots-qwen2-0.5b-shaped-2-layers", save_qwen2(QWEN2_05B_LAYER_SHAPE),
                           "a random Qwen2-0.5B-shaped checkpoint with 2 layers"))
-    return (made_once("slots-tiny-bert", _save_bert(TINY_BERT_SHAPE), "a tiny random BERT"),
-            made_once("slots-tiny-qwen2", _save_qwen2(TINY_QWEN2_SHAPE), "a tiny random Qwen2"))
+    return (made_once("slots-tiny-bert", save_bert(TINY_BERT_SHAPE), "a tiny random BERT"),
+            made_once("slots-tiny-qwen2", save_qwen2(TINY_QWEN2_SHAPE), "a tiny random Qwen2"))
 
 
 # ---------------------------------------------------------------- one job (worker process)
@@ -146,46 +119,6 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     if device.type == "cuda":
         out["cuda_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
-
-
-# ---------------------------------------------------------------- GPU sampling (parent)
-
-class GpuSampler:
-    """``nvidia-smi`` every 200 ms in the background: (unix time, utilization %, memory MiB)."""
-
-    def __init__(self) -> None:
-        self.samples: list[tuple[float, float, float]] = []
-        self.proc = None
-        if shutil.which("nvidia-smi") is None:
-            return
-        self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=timestamp,utilization.gpu,memory.used",
-                                      "--format=csv,noheader,nounits", "-lms", "200"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            parts = [p.strip() for p in line.split(",")]
-            try:
-                stamp = datetime.strptime(parts[0], "%Y/%m/%d %H:%M:%S.%f").timestamp()
-            except ValueError:
-                stamp = time.time()
-            try:
-                self.samples.append((stamp, float(parts[1]), float(parts[2])))
-            except (IndexError, ValueError):
-                continue
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-
-    def mean(self, start: float, end: float) -> tuple[float | None, float | None, int]:
-        chosen = [s for s in self.samples if start <= s[0] <= end]
-        if not chosen:
-            return None, None, 0
-        return (sum(s[1] for s in chosen) / len(chosen), max(s[2] for s in chosen), len(chosen))
 
 
 # ---------------------------------------------------------------- one configuration (parent)

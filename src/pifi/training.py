@@ -58,6 +58,9 @@ class TrainingResult:
     history: list[dict] = field(default_factory=list)
     train_seconds: float = 0.0
     resumed_from_epoch: int = 0
+    compiled: bool = False
+    steps: int = 0       # optimizer steps taken by this process (not those of a resumed-from run)
+    samples: int = 0     # training rows those steps saw
 
 
 def seed_everything(seed: int) -> None:
@@ -81,11 +84,13 @@ def compile_wanted(setting: str | bool, device: torch.device) -> bool:
 
 
 def compiled(model: nn.Module, device: torch.device) -> nn.Module:
-    """``torch.compile`` with CUDA graphs on GPU (one graph per bucket shape), plain inductor on CPU."""
+    """``torch.compile`` with CUDA graphs on GPU (one graph per bucket shape), plain inductor on CPU.
+
+    Only full training batches go through it (``train_classifier``): one graph per length bucket.
+    """
     import torch._dynamo
 
-    # Shapes: a few buckets x (full batch, last partial batch) x (train, eval); more than the default limit.
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 16)
     mode = "reduce-overhead" if device.type == "cuda" else "default"
     return torch.compile(model, mode=mode, dynamic=False)
 
@@ -141,12 +146,13 @@ def train_classifier(
     model.to(device)
     train, validation = train.to(device), validation.to(device)
     buckets = length_buckets(cfg.max_length)
-    step_model = compiled(model, device) if compile_wanted(cfg.compile, device) else model
+    compile_step = compile_wanted(cfg.compile, device)
+    step_model = compiled(model, device) if compile_step else model
     params = [p for p in model.parameters() if p.requires_grad]  # the frozen layer gets no optimizer state
     optimizer = torch.optim.Adam(params, lr=cfg.learning_rate, fused=device.type == "cuda")
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     shuffle = torch.Generator().manual_seed(cfg.seed)
-    result = TrainingResult(best_state={}, best_epoch=-1)
+    result = TrainingResult(best_state={}, best_epoch=-1, compiled=compile_step)
     best_accuracy, first_epoch = -1.0, 1
     if resume is not None and (saved := resume.load(model, optimizer, shuffle, device)) is not None:
         result.history, result.best_epoch, best_accuracy = saved.history, saved.best_epoch, saved.best_accuracy
@@ -163,16 +169,23 @@ def train_classifier(
                          desc=f"epoch {epoch}/{cfg.epochs}")
         for inputs, labels in steps:
             _mark_step(device)
+            # Each new shape costs a compile (seconds) and a CUDA graph; the last, partial batch is
+            # one step an epoch, so it runs eager on the same modules instead.
+            forward = step_model if len(labels) == cfg.batch_size else model
             with autocast_for(device):
-                logits = step_model(**inputs)
+                logits = forward(**inputs)
                 loss = loss_fn(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
             losses.append(loss.detach().clone())
+            result.steps += 1
+            result.samples += len(labels)
         train_loss = torch.stack(losses).mean().item()  # one host sync per epoch, not per step
-        probs = predict_proba(step_model, validation, cfg.eval_batch_size, device, buckets)
+        # Validation runs eager: a few dozen launch-bound batches an epoch cost less than compiling
+        # and recording an inference graph per bucket.
+        probs = predict_proba(model, validation, cfg.eval_batch_size, device, buckets)
         metrics = classification_metrics(validation.labels.cpu().numpy(), probs.argmax(axis=1))
         record = {"epoch": epoch, "train_loss": round(train_loss, 6),
                   **{f"validation_{k}": round(v, 6) for k, v in metrics.items()}}

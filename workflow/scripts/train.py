@@ -1,5 +1,9 @@
 """Fine-tune one classifier (base, or PiFi with one LLM layer), save it and its test predictions."""
 
+import time
+
+STARTED_AT = time.time()  # before the heavy imports: timings.json says what this job's start-up cost
+
 import hashlib
 from pathlib import Path
 
@@ -50,6 +54,7 @@ log.info("training on %d rows, validating on %d, device %s", len(splits["train"]
 tokens_digest = hashlib.sha256(Path(inp.tokens).read_bytes()).hexdigest()
 resume = ResumeStore(Path(out.checkpoint).parent / "resume",
                      fingerprint(t, spec.to_dict(), snakemake.params.code, tokens_digest))
+training_started_at = time.time()
 result = train_classifier(model, splits["train"], splits["validation"], cfg, device, resume=resume)
 
 # Test predictions of the best epoch, from this process: evaluation needs no second model load.
@@ -64,6 +69,10 @@ write_safetensors(out.checkpoint, result.best_state, metadata={"method": spec.me
 write_json(out.spec, {"model": spec.to_dict(), "run": run, **params})
 write_json(out.history, {"best_epoch": result.best_epoch, "best_validation_accuracy": best["validation_accuracy"],
                          "epochs": result.history})
-write_json(out.timings, {"train_seconds": round(result.train_seconds, 3), "device": str(device),
+# Wall-clock facts (they differ between identical runs, so they live apart from every other output).
+write_json(out.timings, {"device": str(device), "compiled": result.compiled, "steps": result.steps,
+                         "samples": result.samples, "startup_seconds": round(training_started_at - STARTED_AT, 3),
+                         "train_seconds": round(result.train_seconds, 3),
+                         "started_at": round(STARTED_AT, 3), "finished_at": round(time.time(), 3),
                          "resumed_after_epoch": result.resumed_from_epoch})
 resume.clear()
