@@ -76,7 +76,8 @@ def write_dataset(folder: Path, sizes: dict[str, int], seed: int = 0) -> None:
 def write_project(work: Path, scale: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Models, data and the config every run shares (runs add their slots and compile setting)."""
     models = {}
-    for name, make in (("slm", save_bert(scale["slm"])), ("llm", save_qwen2(scale["llm"], tokenizer=True))):
+    for name, make in (("slm", save_bert(scale["slm"], device=args.device)),
+                       ("llm", save_qwen2(scale["llm"], tokenizer=True, device=args.device))):
         models[name] = work / "models" / name
         models[name].mkdir(parents=True)
         make(models[name])

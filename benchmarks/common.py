@@ -58,25 +58,30 @@ def copy_tokenizer(folder: Path) -> None:
             shutil.copy(minilm_dir() / name, folder / name)
 
 
-def save_bert(shape: dict[str, Any]) -> Callable[[Path], None]:
-    """A ``made_once`` maker: a random BertModel of ``shape`` (seed 0) with MiniLM's tokenizer files."""
+def save_bert(shape: dict[str, Any], *, device: str = "cpu") -> Callable[[Path], None]:
+    """A ``made_once`` maker: a random BertModel of ``shape`` (seed 0) with MiniLM's tokenizer files.
+    ``device="cuda"`` draws the weights there (seconds instead of a minute for the big shapes)."""
     def save(folder: Path) -> None:
         from transformers import BertConfig, BertModel
 
         torch.manual_seed(0)
-        BertModel(BertConfig(**shape), add_pooling_layer=False).save_pretrained(folder)
+        with torch.device(device):
+            model = BertModel(BertConfig(**shape), add_pooling_layer=False)
+        model.save_pretrained(folder)
         copy_tokenizer(folder)
     return save
 
 
-def save_qwen2(shape: dict[str, Any], *, tokenizer: bool = False) -> Callable[[Path], None]:
+def save_qwen2(shape: dict[str, Any], *, tokenizer: bool = False, device: str = "cpu") -> Callable[[Path], None]:
     """A ``made_once`` maker: a random Qwen2 causal LM of ``shape`` (seed 0) in bf16, as the real one is
     stored; with ``tokenizer``, MiniLM's tokenizer files beside it (the pipeline's extraction needs one)."""
     def save(folder: Path) -> None:
         from transformers import AutoModelForCausalLM, Qwen2Config
 
         torch.manual_seed(0)
-        AutoModelForCausalLM.from_config(Qwen2Config(**shape), dtype=torch.bfloat16).save_pretrained(folder)
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(Qwen2Config(**shape), dtype=torch.bfloat16)
+        model.save_pretrained(folder)
         if tokenizer:
             copy_tokenizer(folder)
     return save

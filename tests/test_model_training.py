@@ -530,8 +530,11 @@ def test_compile_switch(monkeypatch, tiny_bert_dir, tiny_llama_dir, tokenizer):
     """compile=auto compiles on CUDA only; True compiles on CPU too; False never."""
     import pifi.training as training
 
-    assert training.compile_wanted("auto", torch.device("cuda")) is True
-    assert training.compile_wanted("auto", CPU) is False
+    cuda, enough = torch.device("cuda"), training.AUTO_COMPILE_MIN_STEPS
+    assert training.compile_wanted("auto", cuda) is True and training.compile_wanted("auto", cuda, enough) is True
+    assert training.compile_wanted("auto", cuda, enough - 1) is False  # a short run: compiling costs more than it saves
+    assert training.compile_wanted("auto", CPU) is False and training.compile_wanted("auto", CPU, 10 * enough) is False
+    assert training.compile_wanted(True, cuda, 1) is True
     assert training.compile_wanted(True, CPU) is True and training.compile_wanted(False, torch.device("cuda")) is False
     compiled_models = []
     monkeypatch.setattr(training, "compiled", lambda model, device: compiled_models.append(model) or model)

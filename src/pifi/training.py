@@ -76,10 +76,18 @@ def autocast_for(device: torch.device):
     return nullcontext()
 
 
-def compile_wanted(setting: str | bool, device: torch.device) -> bool:
-    """``auto`` compiles on CUDA only: on CPU the step is compute-bound and compiling costs minutes."""
+# On an H100 (benchmarks/README.md) a compiled BERT-base + PiFi step took ~12 ms against ~50 ms eager,
+# and compiling took 40-45 s per job (four jobs compiling at once, cold cache): it pays back after
+# ~1,200 steps. A job of 200 steps lost 40 s to it.
+AUTO_COMPILE_MIN_STEPS = 1500
+
+
+def compile_wanted(setting: str | bool, device: torch.device, steps: int | None = None) -> bool:
+    """``auto`` compiles on CUDA for runs of at least ``AUTO_COMPILE_MIN_STEPS`` optimizer steps
+    (``None``: any length): compiling costs more than it saves on a short run, and on CPU the
+    step is compute-bound and compiling costs minutes."""
     if setting == "auto":
-        return device.type == "cuda"
+        return device.type == "cuda" and (steps is None or steps >= AUTO_COMPILE_MIN_STEPS)
     return bool(setting)
 
 
@@ -146,7 +154,11 @@ def train_classifier(
     model.to(device)
     train, validation = train.to(device), validation.to(device)
     buckets = length_buckets(cfg.max_length)
-    compile_step = compile_wanted(cfg.compile, device)
+    planned_steps = cfg.epochs * -(-len(train) // cfg.batch_size)  # the whole run's, also when resumed
+    compile_step = compile_wanted(cfg.compile, device, planned_steps)
+    log.info("%d steps planned; the step is %s", planned_steps,
+             "compiled (CUDA graphs)" if compile_step and device.type == "cuda" else
+             "compiled" if compile_step else "eager")
     step_model = compiled(model, device) if compile_step else model
     params = [p for p in model.parameters() if p.requires_grad]  # the frozen layer gets no optimizer state
     optimizer = torch.optim.Adam(params, lr=cfg.learning_rate, fused=device.type == "cuda")
