@@ -272,6 +272,23 @@ def test_bad_limits_fail_before_any_training(tmp_path):
     assert not (workdir / "results/runs").exists() and not (workdir / "results/hidden").exists()  # ...before use
 
 
+def test_planned_pifi_runs_do_not_wait_for_the_selection(tmp_path):
+    """Once the LLM's depth is known (prepare_model), the last layer's and the sweep's runs can be
+    scheduled: they train beside the selection instead of queueing behind it."""
+    workflow, workdir, config = fresh_project(tmp_path)
+    override = workdir / "one.yaml"
+    override.write_text("run:\n  datasets: [topics]\n  seeds: [1]\n")
+    until = snakemake(workflow, workdir, "--configfile", str(config), str(override), "--until", "prepare_model")
+    assert until.returncode == 0, until.stderr[-3000:]
+    assert not (workdir / "results/selection").exists()
+    dry = snakemake(workflow, workdir, "--configfile", str(config), str(override), "--dry-run")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    jobs = scheduled_jobs(dry.stdout)
+    assert jobs["select_layer"] == 1
+    # sweep [0, 2] and the last layer (2): two runs, already in the DAG; the selected layer comes later.
+    assert jobs["train_pifi"] == 2 and jobs["train_base"] == 1
+
+
 def test_a_failing_job_says_why_on_the_console(tmp_path):
     workflow, workdir, config = fresh_project(tmp_path)
     broken = tmp_path / "broken"

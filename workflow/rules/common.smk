@@ -180,19 +180,26 @@ def selector_params(wildcards):
     return SELECTION["selector_params"].get(wildcards.selector, {})
 
 
-def pifi_layers(dataset, slm, llm):
-    """Every layer this dataset x SLM x LLM trains: each trained once, whatever asks for it."""
+def planned_layers(llm):
+    """The layers known from the LLM's depth alone (pifi_last, the sweep): their runs are scheduled as
+    soon as prepare_model ran, beside the layer selection rather than after it."""
     layers = set()
     if "pifi_last" in RUN["methods"]:
         layers.add(llm_depth(llm) - 1)
     if "pifi_sweep" in RUN["methods"]:
         with stop_on(ConfigError):
             layers |= set(sweep_layer_set(config["sweep"], llm_depth(llm)))
-    if "pifi_ilm" in RUN["methods"]:
-        chosen = selected_layers(dataset, slm, llm)
-        # Judging a selector needs its chosen layer trained; without a sweep only the driving one is.
-        layers |= set(chosen.values()) if "pifi_sweep" in RUN["methods"] else {chosen[SELECTION["selector"]]}
-    return sorted(layers)
+    return layers
+
+
+def chosen_layers(dataset, slm, llm):
+    """The layers only the selection names (known once the select_layer checkpoint ran), not planned ones."""
+    if "pifi_ilm" not in RUN["methods"]:
+        return set()
+    chosen = selected_layers(dataset, slm, llm)
+    # Judging a selector needs its chosen layer trained; without a sweep only the driving one is.
+    layers = set(chosen.values()) if "pifi_sweep" in RUN["methods"] else {chosen[SELECTION["selector"]]}
+    return layers - planned_layers(llm)
 
 
 def base_run_dirs():
@@ -203,31 +210,46 @@ def base_run_dirs():
             for dataset in RUN["datasets"] for slm in RUN["slms"] for seed in RUN["seeds"]]
 
 
-def pifi_run_dirs():
-    """results/runs/.../pifi/{llm}/layer{L}/seed{S} for every PiFi layer the methods need, each once."""
-    if not set(RUN["methods"]) - {"base"}:
-        return []
+def pifi_run_dirs(layers_of):
+    """results/runs/.../pifi/{llm}/layer{L}/seed{S} for the layers ``layers_of(dataset, slm, llm)`` gives."""
     return [f"results/runs/{dataset}/{slm}/pifi/{llm}/layer{layer}/seed{seed}"
             for dataset in RUN["datasets"] for slm in RUN["slms"] for llm in RUN["llms"]
-            for layer in pifi_layers(dataset, slm, llm) for seed in RUN["seeds"]]
+            for layer in sorted(layers_of(dataset, slm, llm)) for seed in RUN["seeds"]]
 
 
-# Base and PiFi runs are separate input functions: the PiFi ones wait for checkpoints (the LLM's
-# depth, the selection), the base ones must not, so they are scheduled from the start.
+def planned_run_dirs():
+    return pifi_run_dirs(lambda dataset, slm, llm: planned_layers(llm))
+
+
+def chosen_run_dirs():
+    return pifi_run_dirs(chosen_layers)
+
+
+# Three kinds of runs, three input functions, so that no run waits for a checkpoint it does not need:
+# base runs need none, planned PiFi runs the LLM's depth (prepare_model), chosen ones the selection.
+# Every layer is trained once, whichever methods ask for it.
 def base_metrics(wildcards):
     return [f"{d}/metrics.json" for d in base_run_dirs()]
 
 
-def pifi_metrics(wildcards):
-    return [f"{d}/metrics.json" for d in pifi_run_dirs()]
+def planned_pifi_metrics(wildcards):
+    return [f"{d}/metrics.json" for d in planned_run_dirs()]
+
+
+def chosen_pifi_metrics(wildcards):
+    return [f"{d}/metrics.json" for d in chosen_run_dirs()]
 
 
 def base_predictions(wildcards):
     return [f"{d}/predictions.parquet" for d in base_run_dirs()]
 
 
-def pifi_predictions(wildcards):
-    return [f"{d}/predictions.parquet" for d in pifi_run_dirs()]
+def planned_pifi_predictions(wildcards):
+    return [f"{d}/predictions.parquet" for d in planned_run_dirs()]
+
+
+def chosen_pifi_predictions(wildcards):
+    return [f"{d}/predictions.parquet" for d in chosen_run_dirs()]
 
 
 def selection_files(wildcards):

@@ -1,9 +1,11 @@
 rule summarize:
     input:
         base_metrics=base_metrics,
-        pifi_metrics=pifi_metrics,
+        planned_pifi_metrics=planned_pifi_metrics,
+        chosen_pifi_metrics=chosen_pifi_metrics,
         base_predictions=base_predictions,
-        pifi_predictions=pifi_predictions,
+        planned_pifi_predictions=planned_pifi_predictions,
+        chosen_pifi_predictions=chosen_pifi_predictions,
         selections=selection_files,
         scores=all_scores_files,
     output:

@@ -7,7 +7,8 @@ from pifi.summary import Bootstrap, build_tables, markdown_report
 log = start_job(snakemake)
 p = snakemake.params
 boot = Bootstrap(**p.bootstrap)
-tables = build_tables([*snakemake.input.base_metrics, *snakemake.input.pifi_metrics], snakemake.input.selections, snakemake.input.scores,
+tables = build_tables([*snakemake.input.base_metrics, *snakemake.input.planned_pifi_metrics,
+                      *snakemake.input.chosen_pifi_metrics], snakemake.input.selections, snakemake.input.scores,
                       methods=p.methods, sweep=p.sweep, boot=boot)
 for name, table in tables.items():
     write_text(snakemake.output[name], table.to_csv(index=False))
