@@ -23,14 +23,18 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 import numpy as np
 import pandas as pd
 import safetensors.numpy
-import safetensors.torch
-import torch
 from safetensors import SafetensorError
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where tensors are written or read as torch, not here: jobs that only handle
+# JSON, parquet or numpy (evaluation, summary, figures) then start without it (seconds per job).
 
 CHECKSUM_KEY = "pifi_sha256"
 _LENGTH_BYTES = 8  # a safetensors file starts with its header's length, u64 little-endian
@@ -153,10 +157,12 @@ def write_safetensors(
     metadata: Mapping[str, str] | None = None,
 ) -> None:
     """Write ``tensors`` and string ``metadata`` with a checksum, byte-identically for identical inputs."""
+    from safetensors.torch import save
+
     metadata = _checked_metadata(metadata or {})
     # safetensors refuses views that share storage; contiguous copies are cheap at our sizes.
     tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
-    blob = memoryview(safetensors.torch.save(tensors, metadata))
+    blob = memoryview(save(tensors, metadata))
     header_length = struct.unpack("<Q", blob[:_LENGTH_BYTES])[0]
     header = json.loads(bytes(blob[_LENGTH_BYTES:_LENGTH_BYTES + header_length]))
     data = blob[_LENGTH_BYTES + header_length:]
@@ -177,13 +183,15 @@ def read_safetensors(
 
     Raises ``ArtifactError`` naming the file if it is truncated, corrupted or has no checksum.
     """
-    loaders: dict[str, Callable[[str], dict[str, Any]]] = {
-        "pt": safetensors.torch.load_file, "np": safetensors.numpy.load_file}
-    if framework not in loaders:
+    if framework not in ("pt", "np"):
         raise ValueError(f"read_safetensors({str(path)!r}): framework must be 'pt' or 'np', not {framework!r}")
+    if framework == "pt":
+        from safetensors.torch import load_file
+    else:
+        load_file = safetensors.numpy.load_file
     metadata = _verified_metadata(Path(path))
     try:
-        tensors = loaders[framework](str(path))
+        tensors = load_file(str(path))
     except SafetensorError as error:  # e.g. the file changed after it was verified
         raise _damaged(path, f"safetensors cannot load it ({error})") from error
     return tensors, metadata

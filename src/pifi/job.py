@@ -12,8 +12,10 @@ import os
 import sys
 import traceback
 import warnings
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("pifi")
 
@@ -34,9 +36,12 @@ def start_job(snakemake) -> logging.Logger:
     warnings.simplefilter("once")  # a warning raised in a loop is logged once, not per step
     sys.excepthook = _report_failure(snakemake, console)
     # As many CPU threads as the rule was given: parallel jobs must not oversubscribe the cores.
-    torch.set_num_threads(max(1, int(snakemake.threads)))
-    log.info("rule %s, wildcards %s, threads %d", snakemake.rule, dict(snakemake.wildcards.items()),
-             torch.get_num_threads())
+    # torch is only imported by the jobs that use it; one imported later reads OMP_NUM_THREADS.
+    threads = max(1, int(snakemake.threads))
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    log.info("rule %s, wildcards %s, threads %d", snakemake.rule, dict(snakemake.wildcards.items()), threads)
     return log
 
 
@@ -73,6 +78,8 @@ def _report_failure(snakemake, console):
 
 def job_device(snakemake) -> torch.device:
     """Claim this job's GPU slot (if it declared one) and return the device to run on."""
+    import torch
+
     from pifi.gpu import claim_gpus_for_job
 
     requested = snakemake.params.get("device", "auto")
