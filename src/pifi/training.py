@@ -98,6 +98,7 @@ def compiled(model: nn.Module, device: torch.device) -> nn.Module:
     """
     import torch._dynamo
 
+    # One graph per length bucket (a handful); the default limit of 8 could be reached with many buckets.
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 16)
     mode = "reduce-overhead" if device.type == "cuda" else "default"
     return torch.compile(model, mode=mode, dynamic=False)
@@ -156,9 +157,7 @@ def train_classifier(
     buckets = length_buckets(cfg.max_length)
     planned_steps = cfg.epochs * -(-len(train) // cfg.batch_size)  # the whole run's, also when resumed
     compile_step = compile_wanted(cfg.compile, device, planned_steps)
-    log.info("%d steps planned; the step is %s", planned_steps,
-             "compiled (CUDA graphs)" if compile_step and device.type == "cuda" else
-             "compiled" if compile_step else "eager")
+    log.info("%d steps planned; the step is %s", planned_steps, "compiled" if compile_step else "eager")
     step_model = compiled(model, device) if compile_step else model
     params = [p for p in model.parameters() if p.requires_grad]  # the frozen layer gets no optimizer state
     optimizer = torch.optim.Adam(params, lr=cfg.learning_rate, fused=device.type == "cuda")

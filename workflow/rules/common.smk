@@ -217,8 +217,12 @@ def pifi_run_dirs(layers_of):
             for layer in sorted(layers_of(dataset, slm, llm)) for seed in RUN["seeds"]]
 
 
+def planned_layers_of(dataset, slm, llm):
+    return planned_layers(llm)
+
+
 def planned_run_dirs():
-    return pifi_run_dirs(lambda dataset, slm, llm: planned_layers(llm))
+    return pifi_run_dirs(planned_layers_of)
 
 
 def chosen_run_dirs():
