@@ -152,7 +152,7 @@ def run_pipeline(index: int, slots: int, compile_setting: str, project: dict[str
         })
     selections = sorted((folder / "results" / "selection").glob("**/selection.json"))
     entry["selected_layers"] = {str(p.parent.relative_to(folder / "results" / "selection")):
-                                json.loads(p.read_text()).get("best_layer") for p in selections}
+                                json.loads(p.read_text())["layer"] for p in selections}
     if not args.keep:
         shutil.rmtree(folder / "results" / "runs", ignore_errors=True)  # checkpoints: GBs at the real scale
     return entry
