@@ -5,10 +5,13 @@ Each run is a fresh ``snakemake`` process in a fresh directory on the same small
 random-weight models of the real shapes (``--scale real``: a BERT-base-shaped SLM and a full
 24-layer Qwen2-0.5B-shaped LLM) or tiny ones (``--scale tiny``, for a CPU check), and a synthetic
 local dataset (random words of bert-base-uncased's vocabulary, random labels: the point is the
-work, not the accuracy). A run is ``K:COMPILE``: ``gpu_slots_per_gpu: K`` with ``--resources
-gpu=K`` (one GPU) and ``training.compile: COMPILE``. ``1:off`` is the stand-in for the pipeline
-before the GPU work (one job per GPU, eager); it already has this code's data path, so a ratio
-against it understates the gain over the old pipeline.
+work, not the accuracy). A run is ``K:COMPILE[:N]``: ``gpu_slots_per_gpu: K`` on one GPU,
+``training.compile: COMPILE`` and ``--resources gpu=N`` (default K). With N > K, Snakemake starts
+more GPU jobs than there are slots: the extra ones do their imports and then wait in the slot claim,
+so a slot is not left idle while the next job starts up. ``--device auto`` on a machine without
+CUDA pretends a pool of one GPU: jobs claim its slots (lock files) and train on the CPU. ``1:off``
+is the stand-in for the pipeline before the GPU work (one job per GPU, eager); it already has this
+code's data path, so a ratio against it understates the gain over the old pipeline.
 
 All runs share one inductor cache directory (``TORCHINDUCTOR_CACHE_DIR``), new at the start: the
 first compiled run compiles cold, as on a fresh machine; a later one finds the graphs cached, as
@@ -20,7 +23,8 @@ over the wall and over that window, each training job's start-up, training secon
 step, and the GPU's mean utilization (``nvidia-smi`` every 200 ms) over the window and the run.
 
     .venv/bin/python benchmarks/bench_pipeline.py                 # CPU, tiny shapes: a check, here
-    python3 benchmarks/bench_pipeline.py --scale real --device cuda --runs 1:off,4:auto,4:auto \\
+    .venv/bin/python benchmarks/bench_pipeline.py --device auto --runs 1:off:1,1:off:2   # start-up overlap
+    python3 benchmarks/bench_pipeline.py --scale real --device cuda --runs 1:off,4:auto,4:auto:8 \\
         --out OUT.json                                            # on a GPU
 """
 
@@ -61,6 +65,11 @@ SCALES: dict[str, dict[str, Any]] = {
 
 # ---------------------------------------------------------------- the project (once per benchmark)
 
+def torch_device(setting: str) -> torch.device:
+    """The device the config's ``device`` setting trains on here (``auto``: CUDA if there is one)."""
+    return torch.device("cuda" if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()) else "cpu")
+
+
 def write_dataset(folder: Path, sizes: dict[str, int], seed: int = 0) -> None:
     """Random words of the tokenizer's vocabulary (8-90 per text) with random 0/1 labels, as JSONL."""
     words = [w for w in (minilm_dir() / "vocab.txt").read_text().split() if w.isalpha() and len(w) > 2]
@@ -75,9 +84,9 @@ def write_dataset(folder: Path, sizes: dict[str, int], seed: int = 0) -> None:
 
 def write_project(work: Path, scale: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Models, data and the config every run shares (runs add their slots and compile setting)."""
-    models = {}
-    for name, make in (("slm", save_bert(scale["slm"], device=args.device)),
-                       ("llm", save_qwen2(scale["llm"], tokenizer=True, device=args.device))):
+    models, device = {}, str(torch_device(args.device))
+    for name, make in (("slm", save_bert(scale["slm"], device=device)),
+                       ("llm", save_qwen2(scale["llm"], tokenizer=True, device=device))):
         models[name] = work / "models" / name
         models[name].mkdir(parents=True)
         make(models[name])
@@ -94,15 +103,15 @@ def write_project(work: Path, scale: dict[str, Any], args: argparse.Namespace) -
         "statistics": {"n_resamples": 1000},
         "training": {"epochs": args.epochs, "max_length": scale["max_length"]},
         "device": args.device,
-        "gpus": [0] if args.device == "cuda" else None,
+        "gpus": None if args.device == "cpu" else [0],  # one GPU, or one pretended on a CPU machine
     }
 
 
 # ---------------------------------------------------------------- one run
 
-def run_pipeline(index: int, slots: int, compile_setting: str, project: dict[str, Any], work: Path,
+def run_pipeline(index: int, slots: int, compile_setting: str, gpu_jobs: int, project: dict[str, Any], work: Path,
                  args: argparse.Namespace, *, cache: str) -> dict[str, Any]:
-    folder = work / f"run{index}-k{slots}-{compile_setting}"
+    folder = work / f"run{index}-k{slots}-{compile_setting}-n{gpu_jobs}"
     folder.mkdir()
     config = {**project, "gpu_slots_per_gpu": slots, "gpu_lock_dir": str(folder / "locks"),
               "training": {**project["training"], "compile": {"on": True, "off": False}.get(compile_setting,
@@ -112,7 +121,7 @@ def run_pipeline(index: int, slots: int, compile_setting: str, project: dict[str
            "TOKENIZERS_PARALLELISM": "false"}
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(folder),
                "--configfile", str(folder / "bench.yaml"), "--cores", str(args.cores),
-               "--resources", f"gpu={slots}", "--rerun-incomplete"]
+               "--resources", f"gpu={gpu_jobs}", "--rerun-incomplete"]
     sampler = GpuSampler()
     time.sleep(0.5)
     started = time.time()
@@ -126,7 +135,7 @@ def run_pipeline(index: int, slots: int, compile_setting: str, project: dict[str
     jobs = [json.loads(p.read_text()) | {"run": str(p.parent.relative_to(folder / "results" / "runs"))}
             for p in sorted((folder / "results" / "runs").glob("**/timings.json"))]
     entry: dict[str, Any] = {
-        "run": index, "slots": slots, "compile": compile_setting, "returncode": proc.returncode,
+        "run": index, "slots": slots, "compile": compile_setting, "gpu_jobs": gpu_jobs, "returncode": proc.returncode,
         "wall_seconds": ended - started, "snakemake_jobs": int(done[-1][1]) if done else None,
         "inductor_cache": cache,
         "training_jobs": jobs,
@@ -170,7 +179,8 @@ def ratios(runs: list[dict[str, Any]]) -> dict[str, float]:
     for entry in runs[1:]:
         for key in ("samples_per_s_wall", "samples_per_s_training_window"):
             if base.get(key) and entry.get(key):
-                out[f"run{entry['run']}_{entry['slots']}x{entry['compile']}_over_run0_{key}"] = entry[key] / base[key]
+                name = f"run{entry['run']}_{entry['slots']}x{entry['compile']}_n{entry.get('gpu_jobs', entry['slots'])}"
+                out[f"{name}_over_run0_{key}"] = entry[key] / base[key]
     return out
 
 
@@ -180,7 +190,7 @@ def write(args: argparse.Namespace, runs: list[dict[str, Any]], started: float, 
     settings = vars(args) | {
         "out": str(args.out), "project": project,
         "data": "synthetic: random words of bert-base-uncased's vocabulary, 8-90 per text, random 0/1 labels"}
-    write_json(args.out, {"benchmark": "pipeline", "machine": machine_info(torch.device(args.device)),
+    write_json(args.out, {"benchmark": "pipeline", "machine": machine_info(torch_device(args.device)),
                           "settings": settings, "run_seconds": time.time() - started, "runs": runs,
                           "ratios": ratios(runs)})
     print(f"wrote {args.out}", flush=True)
@@ -188,11 +198,12 @@ def write(args: argparse.Namespace, runs: list[dict[str, Any]], started: float, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
+                        help="the config's device; auto without CUDA pretends one GPU (slot claims, CPU training)")
     parser.add_argument("--scale", choices=sorted(SCALES), default="tiny")
     parser.add_argument("--runs", default="1:off,2:off",
-                        help="comma-separated SLOTS:COMPILE (compile: off, auto or on), run in this order; "
-                             "the first is the baseline of the ratios")
+                        help="comma-separated SLOTS:COMPILE[:GPU_JOBS] (compile: off, auto or on; GPU_JOBS = "
+                             "--resources gpu=, default SLOTS), run in this order; the first is the ratios' baseline")
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[1])
     parser.add_argument("--sweep", type=lambda s: [int(x) for x in s.split(",")], default=None,
                         help="layers of the sweep (default: the scale's)")
@@ -218,9 +229,10 @@ def main() -> None:
         if args.deadline is not None and time.time() - started > args.deadline:
             print(f"skipping run {index} ({item}) and the rest: past --deadline {args.deadline:.0f} s", flush=True)
             break
-        slots, compile_setting = item.split(":")
-        print(f"run {index}: {slots} slot(s), compile {compile_setting} ...", flush=True)
-        entry = run_pipeline(index, int(slots), compile_setting, project, work, args,
+        slots, compile_setting, *rest = item.split(":")
+        gpu_jobs = int(rest[0]) if rest else int(slots)
+        print(f"run {index}: {slots} slot(s), compile {compile_setting}, {gpu_jobs} GPU jobs at once ...", flush=True)
+        entry = run_pipeline(index, int(slots), compile_setting, gpu_jobs, project, work, args,
                              cache=cache if compile_setting != "off" else "unused")
         if compile_setting != "off":
             cache = "warm"
@@ -234,10 +246,10 @@ def main() -> None:
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
     print()
-    print_table(["run", "slots", "compile", "exit", "wall s", "jobs", "train jobs", "train window s",
+    print_table(["run", "slots", "compile", "GPU jobs", "exit", "wall s", "jobs", "train jobs", "train window s",
                  "samples/s wall", "samples/s window", "start-up s (med)", "ms/step (med)", "GPU util % train",
                  "GPU util % run"],
-                [[e["run"], e["slots"], e["compile"], e["returncode"], _fmt(e["wall_seconds"]), e["snakemake_jobs"],
+                [[e["run"], e["slots"], e["compile"], e["gpu_jobs"], e["returncode"], _fmt(e["wall_seconds"]), e["snakemake_jobs"],
                   len(e["training_jobs"]), _fmt(e.get("training_window_seconds")), _fmt(e.get("samples_per_s_wall")),
                   _fmt(e.get("samples_per_s_training_window")), _fmt(e.get("startup_seconds_median")),
                   _fmt(e.get("ms_per_step_median")), _fmt(e.get("gpu_util_mean_training_window")),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -42,3 +43,32 @@ def test_start_job_gives_torch_the_rules_threads_also_when_imported_later(tmp_pa
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "1"
     assert "rule demo, wildcards {'x': '1'}, threads 1" in log.read_text()
+
+
+def test_release_device_hands_the_gpu_slot_to_a_waiting_job(tmp_path):
+    """A job done with the GPU gives its slot back before it exits (it still has outputs to write):
+    a second job can claim the only slot while the first is still alive."""
+    result = run_python(f"""
+        import json, subprocess, sys
+        from types import SimpleNamespace
+        from pifi.gpu import claimed_slots
+        from pifi.job import job_device, release_device
+
+        config = {{"gpus": [0], "gpu_slots_per_gpu": 1, "gpu_lock_dir": {str(tmp_path / "locks")!r},
+                   "gpu_wait_timeout": 0}}
+        job = SimpleNamespace(resources={{"gpu": 1}}, config=config, params={{"device": "auto"}})
+        device = job_device(job)  # claims the pretended GPU 0, then trains on what torch finds
+        held = claimed_slots()
+        other = ("from types import SimpleNamespace; from pifi.job import job_device; "
+                 f"job_device(SimpleNamespace(resources={{{{'gpu': 1}}}}, config={{config!r}}, params={{{{}}}}))")
+        busy = subprocess.run([sys.executable, "-c", other], capture_output=True, text=True)
+        release_device(device)
+        free = subprocess.run([sys.executable, "-c", other], capture_output=True, text=True)
+        print(json.dumps({{"held": held, "after": claimed_slots(), "busy_rc": busy.returncode,
+                          "free_rc": free.returncode, "busy_err": busy.stderr[-300:]}}))
+    """)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["held"] == [[0, 0]] and report["after"] == []
+    assert report["busy_rc"] != 0 and "GPU" in report["busy_err"]  # the slot was taken: no wait allowed
+    assert report["free_rc"] == 0  # released while this process lives on

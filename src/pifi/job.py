@@ -95,3 +95,22 @@ def job_device(snakemake) -> torch.device:
         raise RuntimeError("config device is cuda, but no CUDA GPU is visible to this job")
     log.info("device: cpu")
     return torch.device("cpu")
+
+
+def release_device(device: "torch.device") -> None:
+    """This job's GPU work is done: free its cached GPU memory and hand its slot to the next job.
+
+    Writing outputs needs no GPU, and a job waiting for the slot has already paid its start-up,
+    so the slot goes back seconds before process exit would return it. Drop references to the
+    job's GPU tensors first, so that their memory goes too.
+    """
+    from pifi.gpu import claimed_slots, release_gpus
+
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+    if claimed_slots():
+        log.info("GPU work done: releasing %s", ", ".join(f"GPU {gpu} slot {slot}" for gpu, slot in claimed_slots()))
+    release_gpus()

@@ -7,7 +7,7 @@ import pandas as pd
 from pifi.artifacts import write_parquet
 from pifi.data import check_disjoint, stratified_sample
 from pifi.hidden import load_llm_for_states, pooled_layer_states, save_states
-from pifi.job import job_device, start_job
+from pifi.job import job_device, release_device, start_job
 from pifi.model_sources import ModelRef
 
 log = start_job(snakemake)
@@ -24,6 +24,8 @@ started = time.perf_counter()
 states = pooled_layer_states(model, tokenizer, texts.tolist(), max_length=p.max_length,
                              batch_size=p.batch_size, device=device)
 log.info("pooled states %s in %.1f s on %s (%s)", tuple(states.shape), time.perf_counter() - started, device, p.dtype)
+del model
+release_device(device)
 save_states(snakemake.output.states, states, samples["label"].to_numpy(),
             metadata={"llm": llm.name, "dataset": snakemake.wildcards.dataset})
 write_parquet(snakemake.output.samples, samples[["row_id", "label"]])

@@ -11,7 +11,7 @@ import pandas as pd
 
 from pifi.artifacts import read_json, read_safetensors, write_json, write_parquet, write_safetensors
 from pifi.evaluation import predictions_frame
-from pifi.job import job_device, start_job
+from pifi.job import job_device, release_device, start_job
 from pifi.model import ModelSpec, build_classifier, count_parameters
 from pifi.model_sources import ModelRef
 from pifi.resume import ResumeStore, fingerprint
@@ -21,6 +21,8 @@ from pifi.training import TrainingConfig, predict_proba, seed_everything, train_
 EVAL_ROWS_SEED = 0  # capped validation/test rows are the same for every run, so runs stay paired
 
 log = start_job(snakemake)
+# Claimed before anything that might ask torch about CUDA (loading a model can): CUDA reads
+# CUDA_VISIBLE_DEVICES, which the claim sets, once, at its first use.
 device = job_device(snakemake)
 wc, inp, out, t = snakemake.wildcards, snakemake.input, snakemake.output, snakemake.params.training
 seed, layer = int(wc.seed), int(wc.layer) if "layer" in wc.keys() else None
@@ -60,6 +62,8 @@ result = train_classifier(model, splits["train"], splits["validation"], cfg, dev
 # Test predictions of the best epoch, from this process: evaluation needs no second model load.
 model.load_state_dict(result.best_state, strict=False)
 probabilities = predict_proba(model, splits["test"].to(device), cfg.eval_batch_size, device)
+del model
+release_device(device)  # the next job on this GPU slot starts while this one writes its outputs
 test = pd.read_parquet(inp.test, columns=["row_id", "label"]).iloc[rows["test"]]
 run = {"dataset": wc.dataset, "slm": wc.slm, "llm": wc.get("llm"), "method": spec.method, "llm_layer": layer,
        "num_layers": num_layers, "seed": seed}
