@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-from common import BERT_BASE_SHAPE, RESULTS, TINY_BERT_SHAPE, GpuSampler, machine_info, made_once, median, print_table, save_bert, save_qwen2
+from common import (BERT_BASE_SHAPE, RESULTS, TINY_BERT_SHAPE, GpuSampler, fmt, machine_info, made_once, median,
+                    print_table, save_bert, save_qwen2)
 
 BATCH = 32
 STEADY_FROM = 10  # steps before the steady-throughput window opens (compiles and graph recordings done)
@@ -181,10 +182,6 @@ def run_config(k: int, compile_on: bool, common_job: dict[str, Any], timeout: fl
     return entry
 
 
-def _fmt(value: Any, spec: str = ".1f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda", help="cuda or cpu")
@@ -219,18 +216,18 @@ def main() -> None:
         results.append(entry)
         for failure in entry["failures"]:
             print("  FAILED:", failure, flush=True)
-        print(f"  done in {entry['wall_seconds']:.1f} s; util {_fmt(entry.get('gpu_util_mean_training_window'))}%, "
-              f"steady sum {_fmt(entry.get('steady_samples_per_s_sum'))} samples/s", flush=True)
+        print(f"  done in {entry['wall_seconds']:.1f} s; util {fmt(entry.get('gpu_util_mean_training_window'))}%, "
+              f"steady sum {fmt(entry.get('steady_samples_per_s_sum'))} samples/s", flush=True)
         write(args, results, started)  # partial results survive a later timeout
 
     print()
     print_table(["K", "compile", "wall s", "first step s (median)", "ms/step (median)", "samples/s sum (steady)",
                  "rows/s of window", "rows/s of wall", "GPU util % (training)", "GPU util % (whole)", "failures"],
-                [[e["k"], "on" if e["compile"] else "off", _fmt(e["wall_seconds"]),
-                  _fmt(e.get("time_to_first_step_median")), _fmt(e.get("steady_ms_per_step_median")),
-                  _fmt(e.get("steady_samples_per_s_sum")), _fmt(e.get("trained_rows_per_s_of_window")),
-                  _fmt(e.get("trained_rows_per_s_of_wall")), _fmt(e.get("gpu_util_mean_training_window")),
-                  _fmt(e.get("gpu_util_mean_whole_run")), len(e["failures"])] for e in results])
+                [[e["k"], "on" if e["compile"] else "off", fmt(e["wall_seconds"]),
+                  fmt(e.get("time_to_first_step_median")), fmt(e.get("steady_ms_per_step_median")),
+                  fmt(e.get("steady_samples_per_s_sum")), fmt(e.get("trained_rows_per_s_of_window")),
+                  fmt(e.get("trained_rows_per_s_of_wall")), fmt(e.get("gpu_util_mean_training_window")),
+                  fmt(e.get("gpu_util_mean_whole_run")), len(e["failures"])] for e in results])
     write(args, results, started)
 
 

@@ -46,8 +46,8 @@ from typing import Any
 import torch
 import yaml
 
-from common import (BERT_BASE_SHAPE, REPO, RESULTS, TINY_BERT_SHAPE, GpuSampler, machine_info,
-                    median, minilm_dir, print_table, save_bert, save_qwen2)
+from common import (BERT_BASE_SHAPE, REPO, RESULTS, TINY_BERT_SHAPE, GpuSampler, fmt, machine_info,
+                    median, minilm_dir, pick_device, print_table, save_bert, save_qwen2)
 
 QWEN2_05B_SHAPE = dict(hidden_size=896, intermediate_size=4864, num_attention_heads=14, num_key_value_heads=2,
                        num_hidden_layers=24, vocab_size=151936, rms_norm_eps=1e-6, tie_word_embeddings=True,
@@ -65,10 +65,6 @@ SCALES: dict[str, dict[str, Any]] = {
 
 # ---------------------------------------------------------------- the project (once per benchmark)
 
-def torch_device(setting: str) -> torch.device:
-    """The device the config's ``device`` setting trains on here (``auto``: CUDA if there is one)."""
-    return torch.device("cuda" if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()) else "cpu")
-
 
 def write_dataset(folder: Path, sizes: dict[str, int], seed: int = 0) -> None:
     """Random words of the tokenizer's vocabulary (8-90 per text) with random 0/1 labels, as JSONL."""
@@ -84,7 +80,7 @@ def write_dataset(folder: Path, sizes: dict[str, int], seed: int = 0) -> None:
 
 def write_project(work: Path, scale: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Models, data and the config every run shares (runs add their slots and compile setting)."""
-    models, device = {}, str(torch_device(args.device))
+    models, device = {}, str(pick_device(args.device))
     for name, make in (("slm", save_bert(scale["slm"], device=device)),
                        ("llm", save_qwen2(scale["llm"], tokenizer=True, device=device))):
         models[name] = work / "models" / name
@@ -169,10 +165,6 @@ def run_pipeline(index: int, slots: int, compile_setting: str, gpu_jobs: int, pr
 
 # ---------------------------------------------------------------- report
 
-def _fmt(value: Any, spec: str = ".1f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def ratios(runs: list[dict[str, Any]]) -> dict[str, float]:
     """Every run's samples/s against the first run's (the baseline), over the wall and the training window."""
     base, out = runs[0], {}
@@ -190,7 +182,7 @@ def write(args: argparse.Namespace, runs: list[dict[str, Any]], started: float, 
     settings = vars(args) | {
         "out": str(args.out), "project": project,
         "data": "synthetic: random words of bert-base-uncased's vocabulary, 8-90 per text, random 0/1 labels"}
-    write_json(args.out, {"benchmark": "pipeline", "machine": machine_info(torch_device(args.device)),
+    write_json(args.out, {"benchmark": "pipeline", "machine": machine_info(pick_device(args.device)),
                           "settings": settings, "run_seconds": time.time() - started, "runs": runs,
                           "ratios": ratios(runs)})
     print(f"wrote {args.out}", flush=True)
@@ -238,8 +230,8 @@ def main() -> None:
             cache = "warm"
         runs.append(entry)
         print(f"  exit {entry['returncode']} in {entry['wall_seconds']:.1f} s; "
-              f"{_fmt(entry.get('samples_per_s_wall'))} samples/s over the wall; "
-              f"GPU util {_fmt(entry.get('gpu_util_mean_training_window'))} % in training", flush=True)
+              f"{fmt(entry.get('samples_per_s_wall'))} samples/s over the wall; "
+              f"GPU util {fmt(entry.get('gpu_util_mean_training_window'))} % in training", flush=True)
         if entry["returncode"] != 0:
             print(entry.get("log_tail", ""), flush=True)
         write(args, runs, started, project)  # partial results survive a later timeout
@@ -249,11 +241,11 @@ def main() -> None:
     print_table(["run", "slots", "compile", "GPU jobs", "exit", "wall s", "jobs", "train jobs", "train window s",
                  "samples/s wall", "samples/s window", "start-up s (med)", "ms/step (med)", "GPU util % train",
                  "GPU util % run"],
-                [[e["run"], e["slots"], e["compile"], e["gpu_jobs"], e["returncode"], _fmt(e["wall_seconds"]), e["snakemake_jobs"],
-                  len(e["training_jobs"]), _fmt(e.get("training_window_seconds")), _fmt(e.get("samples_per_s_wall")),
-                  _fmt(e.get("samples_per_s_training_window")), _fmt(e.get("startup_seconds_median")),
-                  _fmt(e.get("ms_per_step_median")), _fmt(e.get("gpu_util_mean_training_window")),
-                  _fmt(e.get("gpu_util_mean_whole_run"))] for e in runs])
+                [[e["run"], e["slots"], e["compile"], e["gpu_jobs"], e["returncode"], fmt(e["wall_seconds"]), e["snakemake_jobs"],
+                  len(e["training_jobs"]), fmt(e.get("training_window_seconds")), fmt(e.get("samples_per_s_wall")),
+                  fmt(e.get("samples_per_s_training_window")), fmt(e.get("startup_seconds_median")),
+                  fmt(e.get("ms_per_step_median")), fmt(e.get("gpu_util_mean_training_window")),
+                  fmt(e.get("gpu_util_mean_whole_run"))] for e in runs])
     for name, value in ratios(runs).items():
         print(f"{name}: {value:.2f}x")
 

@@ -227,6 +227,11 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
+def fmt(value: Any, spec: str = ".1f") -> str:
+    """A table cell: the number formatted, or "-" where there is none."""
+    return "-" if value is None else format(value, spec)
+
+
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
