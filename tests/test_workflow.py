@@ -315,7 +315,8 @@ def test_unsafe_registry_keys_are_refused_when_the_dag_is_built(tmp_path):
 
 def test_identical_runs_write_identical_artifacts(tmp_path):
     """Two runs of the same small config in two directories: every artifact byte-identical except
-    the files that hold timings (timings.json) and the logs."""
+    the files that hold timings (timings.json) and the logs. The first run hands its GPU jobs to a
+    warm server (pifi.warm, on by default); the second runs every job in its own process."""
     workflow = copy_workflow(tmp_path)
     first, second = tmp_path / "first", tmp_path / "second"
     config = write_tiny_project(first, seeds=(1,), datasets=("topics",))
@@ -324,9 +325,15 @@ def test_identical_runs_write_identical_artifacts(tmp_path):
     small["selection"]["selectors"] = ["ilm_pc_patching", "fisher"]
     config.write_text(yaml.safe_dump(small, sort_keys=False))
     second.mkdir()
-    for workdir in (first, second):  # the same config (and model paths) for both
-        result = snakemake(workflow, workdir, "--configfile", str(config))
+    for workdir, warm in ((first, "True"), (second, "False")):  # the same config (and model paths) for both
+        result = snakemake(workflow, workdir, "--configfile", str(config), "--config", f"warm_start={warm}")
         assert result.returncode == 0, result.stderr[-3000:]
+
+    def warm_started(root: Path) -> int:
+        return sum("warm start: running in a fork" in log.read_text() for log in (root / "results/logs").rglob("*.log"))
+
+    # The first job that wants a server starts one and runs itself; later ones are forks of it.
+    assert warm_started(first) >= 1 and warm_started(second) == 0
 
     def artifacts(root: Path) -> dict[str, bytes]:
         return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "results").rglob("*"))

@@ -14,6 +14,8 @@ import traceback
 import warnings
 from typing import TYPE_CHECKING
 
+from pifi.warm import CHILD_ENV
+
 if TYPE_CHECKING:
     import torch
 
@@ -42,6 +44,8 @@ def start_job(snakemake) -> logging.Logger:
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
     log.info("rule %s, wildcards %s, threads %d", snakemake.rule, dict(snakemake.wildcards.items()), threads)
+    if os.environ.get(CHILD_ENV):
+        log.info("warm start: running in a fork of warm server %s, its imports already done", os.environ[CHILD_ENV])
     return log
 
 

@@ -1,5 +1,9 @@
 """One forward pass of the LLM over the selection samples, keeping every layer's pooled state."""
 
+from pifi.warm import warm_start
+
+warm_start(snakemake, models=[snakemake.input.llm])  # runs the rest in a warm server's fork, if one is up
+
 import time
 
 import pandas as pd

@@ -1,10 +1,13 @@
 """Fine-tune one classifier (base, or PiFi with one LLM layer), save it and its test predictions."""
 
-import time
+from pifi.warm import warm_start
 
-STARTED_AT = time.time()  # before the heavy imports: timings.json says what this job's start-up cost
+# Hands this job to a warm server that has the imports below done, if one is up (see pifi.warm).
+# The time is taken before the heavy imports: timings.json says what this job's start-up cost.
+STARTED_AT = warm_start(snakemake, models=[snakemake.input.slm, snakemake.input.get("llm")])
 
 import hashlib
+import time
 from pathlib import Path
 
 import pandas as pd
