@@ -325,3 +325,18 @@ def test_a_socket_path_too_long_for_unix_sockets_is_refused(monkeypatch, tmp_pat
     monkeypatch.setenv(warm.DIR_ENV, str(tmp_path / ("x" * 100)))
     with pytest.raises(warm.WarmUnavailable, match="too long"):
         warm.server_socket_path()
+
+
+def test_every_workflow_script_offers_itself_to_a_warm_server_before_its_imports():
+    """The hand-over only saves what comes after it: it must be a script's first statement."""
+    import ast
+
+    scripts = sorted((Path(__file__).parents[1] / "workflow" / "scripts").glob("*.py"))
+    assert len(scripts) >= 10
+    for script in scripts:
+        body = ast.parse(script.read_text()).body
+        statements = body[1:] if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) else body
+        first, second = statements[0], statements[1]
+        assert ast.unparse(first) == "from pifi.warm import warm_start", script.name
+        call = second.value if isinstance(second, (ast.Expr, ast.Assign)) else None
+        assert isinstance(call, ast.Call) and ast.unparse(call.func) == "warm_start", script.name

@@ -1,9 +1,10 @@
-"""Warm start: GPU jobs run in forks of a process that has already imported torch and transformers.
+"""Warm start: jobs run in forks of a process that has already imported torch, transformers and pifi.
 
-Every training or extraction job is a fresh Python process, and its imports (torch, transformers,
-the model's modeling module) took 3-4 s on a 2-core VM and ~12 s on an H100 machine: as long as a
-short run's training. With ``warm_start: true`` the first such job also starts a *warm server* in
-the background: a process that imports those modules once, never touches CUDA, and waits on a Unix
+Every job is a fresh Python process, and a training job's imports (torch, transformers, the model's
+modeling module) took 3-4 s on a 2-core VM and ~12 s on an H100 machine: as long as a short run's
+training; the CPU-side jobs between the stages (tokenize, select, evaluate) paid seconds each on the
+DAG's critical path. With ``warm_start: true`` the first job also starts a *warm server* in the
+background: a process that imports those modules once, never touches CUDA, and waits on a Unix
 socket. Later jobs hand themselves over. The job's own process (the *client*, the one Snakemake
 started and watches) sends its script path, working directory, environment, ``sys.path`` and stdio
 to the server; the server forks a *child* that runs the very same script there, and the client
@@ -55,10 +56,12 @@ from typing import Any
 __all__ = ["WARM_MODULES", "serve", "warm_start"]
 
 WARM_MODULES = (
-    # What train.py and extract_hidden.py import, plus what Snakemake's script preamble does.
+    # What the workflow scripts import, plus what Snakemake's script preamble does.
     "pandas", "pickle", "snakemake.iocontainers", "snakemake.logging",
-    "pifi.artifacts", "pifi.data", "pifi.evaluation", "pifi.gpu", "pifi.hidden", "pifi.job",
-    "pifi.model", "pifi.model_sources", "pifi.resume", "pifi.tokens", "pifi.training",
+    "transformers.models.auto.tokenization_auto",
+    "pifi.artifacts", "pifi.choice", "pifi.data", "pifi.evaluation", "pifi.gpu", "pifi.hidden", "pifi.job",
+    "pifi.model", "pifi.model_sources", "pifi.plots", "pifi.resume", "pifi.selection", "pifi.selectors",
+    "pifi.summary", "pifi.tokens", "pifi.training",
 )
 """Imported once by the server: the imports its children skip."""
 
@@ -75,6 +78,7 @@ _MODEL_TYPE = re.compile(r"[a-z0-9_-]+")
 
 _log = logging.getLogger(__name__)
 _child_request: dict[str, Any] | None = None  # set in a server's child: the request it runs
+_server_lock_fd: int | None = None  # the server's flock: one server per socket; not for its children
 
 
 class WarmUnavailable(RuntimeError):
@@ -254,16 +258,23 @@ def _exit_like(code: int) -> None:
 
 
 def _read_reply(conn: socket.socket) -> dict[str, Any] | None:
-    """The server's next JSON line, or None at EOF. Byte by byte: the next line is read by the next call."""
+    """The server's next JSON line, or None at EOF."""
+    line = _read_line(conn)
+    return None if line is None else json.loads(line)
+
+
+def _read_line(conn: socket.socket) -> bytes | None:
+    """One line, or None at EOF. Byte by byte, so that what follows it (the next message, or the
+    stdio fds, which ride on the byte after the request's first line) stays queued for the next read."""
     data = b""
     while not data.endswith(b"\n"):
         byte = conn.recv(1)
         if not byte:
             return None
         if len(data) > 4096:
-            raise ValueError("malformed reply from the warm server")
+            raise ValueError("a line of over 4 KiB on the warm server's socket")
         data += byte
-    return json.loads(data)
+    return data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,6 +291,8 @@ def serve(socket_path: Path, sys_path: Sequence[str], idle: float = DEFAULT_IDLE
     except BlockingIOError:
         _log.info("another server already serves %s", socket_path)
         return 0
+    global _server_lock_fd
+    _server_lock_fd = lock_fd
     started = time.perf_counter()
     for name in modules:
         importlib.import_module(name)
@@ -344,7 +357,11 @@ def _serve_forever(listener: socket.socket, idle: float) -> None:
 
 
 def _accept(listener: socket.socket, selector: selectors.BaseSelector, children: dict[int, socket.socket]) -> None:
-    conn, _ = listener.accept()
+    try:
+        conn, _ = listener.accept()
+    except OSError as exc:  # e.g. out of fds: that client runs itself, the others keep their server
+        _log.warning("accept failed: %s", exc)
+        return
     stdio: dict[int, int] = {}
     try:
         conn.settimeout(10)  # a client that connects and says nothing must not stall the server
@@ -379,23 +396,23 @@ def _read_request(conn: socket.socket) -> tuple[dict[str, Any], dict[int, int]]:
     (length,) = _HEADER.unpack(head)
     if length > _MAX_REQUEST_BYTES:
         raise ValueError(f"request of {length} bytes")
-    fds_line = _read_line_raw(conn)
-    targets = json.loads(fds_line)["stdio"]
-    _msg, fds, _flags, _addr = socket.recv_fds(conn, 1, len(targets))
-    if len(fds) != len(targets):
-        raise ValueError(f"expected {len(targets)} stdio fds, got {len(fds)}")
-    request = json.loads(_recv_exact(conn, length))
-    return request, dict(zip(targets, fds))
-
-
-def _read_line_raw(conn: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\n"):
-        byte = conn.recv(1)  # byte by byte: the fds arrive with the message right after this line
-        if not byte or len(data) > 4096:
-            raise ValueError("malformed request")
-        data += byte
-    return data
+    line = _read_line(conn)
+    targets = json.loads(line or b"null")
+    if not isinstance(targets, dict) or not set(targets.get("stdio", [None])) <= {0, 1, 2}:
+        raise ValueError(f"malformed request: {line!r}")
+    _msg, fds, _flags, _addr = socket.recv_fds(conn, 1, 3)
+    if len(fds) != len(targets["stdio"]):
+        for fd in fds:
+            os.close(fd)
+        raise ValueError(f"expected {len(targets['stdio'])} stdio fds, got {len(fds)}")
+    stdio = dict(zip(targets["stdio"], fds))
+    try:
+        request = json.loads(_recv_exact(conn, length))
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return request, stdio
 
 
 def _recv_exact(conn: socket.socket, size: int) -> bytes:
@@ -481,6 +498,8 @@ def _run_child(request: dict[str, Any], stdio: dict[int, int], close: Sequence[s
             os._exit(1)
         for sock in close:
             sock.close()
+        if _server_lock_fd is not None:
+            os.close(_server_lock_fd)
         atexit._clear()  # the server's exit handlers are the server's; run only the job's own
         _take_stdio(stdio)
         os.chdir(request["cwd"])

@@ -1,5 +1,9 @@
 """Test metrics of one run, from the predictions its training job saved (no model load)."""
 
+from pifi.warm import warm_start
+
+warm_start(snakemake)  # the rest runs in a warm server's fork, if one is up (pifi.warm)
+
 import pandas as pd
 
 from pifi.artifacts import read_json, write_json

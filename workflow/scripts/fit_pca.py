@@ -1,5 +1,9 @@
 """Per-layer PCA of the pooled states (basis, mean and scores)."""
 
+from pifi.warm import warm_start
+
+warm_start(snakemake)  # the rest runs in a warm server's fork, if one is up (pifi.warm)
+
 from pifi.hidden import load_states
 from pifi.job import start_job
 from pifi.selection import fit_layer_pca, save_pcas

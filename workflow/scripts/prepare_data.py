@@ -1,5 +1,9 @@
 """Load one dataset as configured and write its three splits as parquet, with stable row ids."""
 
+from pifi.warm import warm_start
+
+warm_start(snakemake)  # the rest runs in a warm server's fork, if one is up (pifi.warm)
+
 from pifi.artifacts import write_json, write_parquet
 from pifi.data import prepare_splits
 from pifi.job import start_job

@@ -1,5 +1,9 @@
 """Token ids of every split for one SLM: the training jobs read them instead of tokenizing."""
 
+from pifi.warm import warm_start
+
+warm_start(snakemake)  # the rest runs in a warm server's fork, if one is up (pifi.warm)
+
 import pandas as pd
 from transformers import AutoTokenizer
 
