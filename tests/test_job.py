@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -43,6 +44,26 @@ def test_start_job_gives_torch_the_rules_threads_also_when_imported_later(tmp_pa
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "1"
     assert "rule demo, wildcards {'x': '1'}, threads 1" in log.read_text()
+
+
+def test_a_warm_child_gets_the_rules_threads_for_blas_and_torch_loaded_by_its_server(tmp_path):
+    """A warm server loaded numpy and torch under another job's thread counts (here 2); start_job in
+    the forked child must still give this rule's (1), as a cold job gets them from its environment."""
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import numpy, torch, os
+        from threadpoolctl import threadpool_info
+        from types import SimpleNamespace
+        from pifi.job import start_job
+
+        before = sorted({{pool["num_threads"] for pool in threadpool_info()}})
+        os.environ["PIFI_WARM_CHILD"] = "1"  # what the server sets in the child it forks
+        start_job(SimpleNamespace(log=[{str(tmp_path / "job.log")!r}], rule="demo", wildcards={{}}, threads=1))
+        after = sorted({{pool["num_threads"] for pool in threadpool_info()}})
+        print(before, after, torch.get_num_threads())
+    """)], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[2]", "[1]", "1"]
 
 
 def test_release_device_hands_the_gpu_slot_to_a_waiting_job(tmp_path):

@@ -279,11 +279,29 @@ def test_a_job_that_may_not_warm_start_runs_itself(monkeypatch):
 def test_the_environment_names_the_server_but_per_job_variables_do_not(monkeypatch, tmp_path):
     monkeypatch.setenv(warm.DIR_ENV, str(tmp_path))
     base = warm.server_socket_path()
-    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    for name in warm.THREAD_ENV:  # Snakemake exports the rule's threads: rules differ
+        monkeypatch.setenv(name, "7")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")
     assert warm.server_socket_path() == base
     monkeypatch.setenv("HF_HUB_OFFLINE", "0" if os.environ.get("HF_HUB_OFFLINE") == "1" else "1")  # read at import
     assert warm.server_socket_path() != base
+
+
+def test_snakemakes_per_run_script_dirs_do_not_split_servers_but_an_installed_package_does(monkeypatch, tmp_path):
+    monkeypatch.setenv(warm.DIR_ENV, str(tmp_path / "warm"))
+    base = warm.server_socket_path()
+    scripts = tmp_path / "snakemake-runtime-cache" / "tmpabc"  # on sys.path, new per invocation
+    scripts.mkdir(parents=True)
+    (scripts / "train.py").write_text("")
+    monkeypatch.syspath_prepend(str(scripts))
+    assert warm.server_socket_path() == base
+    site = tmp_path / "site"
+    (site / "some_package-1.0.dist-info").mkdir(parents=True)
+    monkeypatch.syspath_prepend(str(site))
+    with_site = warm.server_socket_path()
+    assert with_site != base
+    os.utime(site, ns=(0, 10**18))  # what an install, upgrade or removal there does
+    assert warm.server_socket_path() != with_site
 
 
 def test_an_edited_pifi_module_names_a_new_server(monkeypatch, tmp_path):

@@ -18,9 +18,10 @@ What stays true, whoever runs the script:
   connection close and SIGKILLs the child. A server that dies takes its children with it
   (``PR_SET_PDEATHSIG``); their clients then fail with a message saying so.
 - The server serves only its own user (``SO_PEERCRED``), through a socket in a private 0700 dir,
-  and only jobs whose interpreter, environment, ``sys.path`` and installed code it was started
-  with: these name its socket, so an edited ``pifi`` or an upgraded package starts a fresh server
-  and never runs stale code.
+  and only jobs with the interpreter, environment and installed code it was started with: these
+  name its socket, so an edited ``pifi`` or an upgraded package starts a fresh server and never
+  runs stale code. The thread counts Snakemake exports per rule are left out of the name (rules
+  differ); ``pifi.job.start_job`` applies them to the loaded libraries in the child.
 - A server with no job for ``warm_start_idle`` seconds exits.
 
 Under SLURM every job runs in its own allocation and nothing outlives it: warm start steps aside.
@@ -69,8 +70,11 @@ DIR_ENV = "PIFI_WARM_DIR"
 CHILD_ENV = "PIFI_WARM_CHILD"  # set in a child (to its server's pid): it and its subprocesses never hand over
 DEFAULT_IDLE_SECONDS = 120.0
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
-# Set for every job anew (by pifi.job and the GPU claim), so they do not split servers.
-_VOLATILE_ENV = frozenset({"OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "_", "OLDPWD", "PWD", "SHLVL"})
+# Set for every job anew, so they do not split servers: the thread counts Snakemake exports per rule
+# (pifi.job.start_job applies them to the loaded libraries, in a child too) and the GPU the claim picks.
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "GOTO_NUM_THREADS",
+              "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+_VOLATILE_ENV = frozenset({*THREAD_ENV, "CUDA_VISIBLE_DEVICES", "_", "OLDPWD", "PWD", "SHLVL"})
 _MAX_REQUEST_BYTES = 1 << 20
 _HEADER = struct.Struct("!I")
 _PR_SET_PDEATHSIG = 1
@@ -159,18 +163,34 @@ def private_dir() -> Path:
 
 
 def _environment_key() -> str:
-    """A digest of everything a server's imports depend on: interpreter, environment, code."""
+    """A digest of everything a server's imports depend on: interpreter, environment, installed code.
+
+    Not ``sys.path`` itself: Snakemake puts a per-invocation cache dir of the scripts on it, and the
+    scripts are not what the server imports. The server imports installed packages and pifi.
+    """
     digest = hashlib.sha256()
     env = sorted((k, v) for k, v in os.environ.items() if k not in _VOLATILE_ENV)
-    digest.update(json.dumps([sys.executable, sys.version, sys.path, env]).encode())
-    # An installed or edited package changes these dirs' mtimes or the source files' stats.
-    # sys.path[0] is the script's own dir (Snakemake writes a new script there per job): skipped.
-    for entry in sys.path[1:]:
+    digest.update(json.dumps([sys.executable, sys.version, env]).encode())
+    # Installing, upgrading or removing a package changes its site dir's entries, so its mtime.
+    for entry in _installation_dirs():
         digest.update(f"{entry}:{_mtime(entry)}".encode())
-    for source in sorted(Path(__file__).parent.glob("*.py")):
+    for source in sorted(Path(__file__).parent.glob("*.py")):  # an editable pifi: its own sources
         st = source.stat()
         digest.update(f"{source.name}:{st.st_size}:{st.st_mtime_ns}".encode())
     return digest.hexdigest()[:24]
+
+
+def _installation_dirs() -> list[str]:
+    """The entries of ``sys.path`` that packages are installed into (those holding ``*.dist-info``)."""
+    found = []
+    for entry in sys.path:
+        try:
+            with os.scandir(entry or ".") as names:
+                if any(name.name.endswith(".dist-info") for name in names):
+                    found.append(os.path.abspath(entry))
+        except OSError:  # a zip, a missing dir
+            continue
+    return found
 
 
 def _mtime(path: str) -> int:
