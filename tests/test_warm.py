@@ -173,15 +173,18 @@ def test_a_child_killed_by_a_signal_makes_the_client_die_of_it(served):
     assert proc.returncode == -signal.SIGTERM
 
 
-def test_a_signal_to_the_client_reaches_the_child(served, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT (Ctrl-C)"])
+def test_a_signal_to_the_client_reaches_the_child(served, tmp_path, sig):
     jobs, _ = served
     client, out = jobs.start("hold", str(tmp_path / "locks"))
     try:
         wait_for_file(out, timeout=60)
         child = json.loads(out.read_text())["pid"]
-        client.send_signal(signal.SIGTERM)
-        assert client.wait(timeout=30) == -signal.SIGTERM
+        client.send_signal(sig)
+        assert client.wait(timeout=30) == -sig  # the child died of it, and so did the client
         assert _gone(child, timeout=10)
+        if sig == signal.SIGINT:
+            assert "KeyboardInterrupt" in client.stderr.read()  # the job's traceback, as Python prints it
     finally:
         client.kill()
         client.wait()
