@@ -226,10 +226,13 @@ def test_a_dead_server_takes_its_children_with_it_and_their_clients_say_so(tmp_p
         _stop_server(warm_dir)
 
 
+SERVE = ("import sys, json; from pathlib import Path; from pifi.warm import serve; "
+         "sys.exit(serve(Path(sys.argv[1]), sys.path, float(sys.argv[3]), modules=json.loads(sys.argv[2])))")
+
+
 def test_an_idle_server_exits_and_removes_its_socket(tmp_path):
     socket_path = Path(tempfile.mkdtemp(prefix="pw", dir="/tmp")) / "idle.sock"
-    code = "import sys; from pathlib import Path; from pifi.warm import serve; sys.exit(serve(Path(sys.argv[1]), sys.path, 0.5, modules=()))"
-    server = subprocess.Popen([sys.executable, "-c", code, str(socket_path)], env=clean_env())
+    server = subprocess.Popen([sys.executable, "-c", SERVE, str(socket_path), "[]", "0.5"], env=clean_env())
     try:
         assert server.wait(timeout=30) == 0
     finally:
@@ -237,17 +240,40 @@ def test_an_idle_server_exits_and_removes_its_socket(tmp_path):
     assert not socket_path.exists()
 
 
+def test_a_module_that_fails_to_import_does_not_stop_the_server(tmp_path):
+    socket_path = Path(tempfile.mkdtemp(prefix="pw", dir="/tmp")) / "partial.sock"
+    server = subprocess.run([sys.executable, "-c", SERVE, str(socket_path), '["json", "no_such_module_here"]', "0.5"],
+                            env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert server.returncode == 0, server.stderr
+    assert "not preloading no_such_module_here" in server.stderr
+    assert not socket_path.with_suffix(".failed").exists()
+
+
+def test_a_server_that_cannot_start_stops_jobs_from_starting_more_for_a_while(tmp_path, capsys):
+    socket_path = Path(tempfile.mkdtemp(prefix="pw", dir="/tmp")) / "broken.sock"
+    (socket_path / "in-the-way").mkdir(parents=True)  # a non-empty dir where the socket must go
+    server = subprocess.run([sys.executable, "-c", SERVE, str(socket_path), "[]", "0.5"],
+                            env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert server.returncode != 0
+    marker = socket_path.with_suffix(".failed")
+    assert marker.exists() and "Error" in marker.read_text()
+    assert warm._failed_recently(socket_path)  # so warm_start runs the job itself, starting nothing
+    assert "its server failed to start" in capsys.readouterr().err
+    stale = time.time() - warm.FAILED_RETRY_SECONDS - 1
+    os.utime(marker, (stale, stale))
+    assert not warm._failed_recently(socket_path)  # later, one job tries again
+
+
 def test_a_second_server_for_the_same_socket_steps_aside(tmp_path):
     socket_path = Path(tempfile.mkdtemp(prefix="pw", dir="/tmp")) / "one.sock"
-    code = "import sys; from pathlib import Path; from pifi.warm import serve; sys.exit(serve(Path(sys.argv[1]), sys.path, 5, modules=()))"
-    first = subprocess.Popen([sys.executable, "-c", code, str(socket_path)], env=clean_env())
+    first = subprocess.Popen([sys.executable, "-c", SERVE, str(socket_path), "[]", "5"], env=clean_env())
     try:
         deadline = time.monotonic() + 30
         while not socket_path.exists():
             assert time.monotonic() < deadline and first.poll() is None
             time.sleep(0.05)
-        second = subprocess.run([sys.executable, "-c", code, str(socket_path)], env=clean_env(), timeout=30,
-                                capture_output=True, text=True)
+        second = subprocess.run([sys.executable, "-c", SERVE, str(socket_path), "[]", "5"], env=clean_env(),
+                                timeout=30, capture_output=True, text=True)
         assert second.returncode == 0, second.stderr  # returned at once: the lock is taken
         assert first.poll() is None  # the first one still serves
         conn = socket.socket(socket.AF_UNIX)

@@ -22,7 +22,9 @@ What stays true, whoever runs the script:
   name its socket, so an edited ``pifi`` or an upgraded package starts a fresh server and never
   runs stale code. The thread counts Snakemake exports per rule are left out of the name (rules
   differ); ``pifi.job.start_job`` applies them to the loaded libraries in the child.
-- A server with no job for ``warm_start_idle`` seconds exits.
+- A server with no job for ``warm_start_idle`` seconds exits. One that cannot start leaves a
+  ``.failed`` marker beside its socket, and jobs run themselves for a while instead of each
+  starting another.
 
 Under SLURM every job runs in its own allocation and nothing outlives it: warm start steps aside.
 
@@ -69,6 +71,7 @@ WARM_MODULES = (
 DIR_ENV = "PIFI_WARM_DIR"
 CHILD_ENV = "PIFI_WARM_CHILD"  # set in a child (to its server's pid): it and its subprocesses never hand over
 DEFAULT_IDLE_SECONDS = 120.0
+FAILED_RETRY_SECONDS = 600.0  # after a server failed to start, jobs run cold this long before one retries
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 # Set for every job anew, so they do not split servers: the thread counts Snakemake exports per rule
 # (pifi.job.start_job applies them to the loaded libraries, in a child too) and the GPU the claim picks.
@@ -119,6 +122,8 @@ def warm_start(snakemake: Any, models: Iterable[str | None] = ()) -> float:
     }
     conn = _connect(socket_path)
     if conn is None:
+        if _failed_recently(socket_path):
+            return started_at
         _start_server(socket_path, idle=float(snakemake.config.get("warm_start_idle", DEFAULT_IDLE_SECONDS)))
         return started_at
     child_pid = _send_request(conn, request)
@@ -208,6 +213,19 @@ def _connect(path: Path) -> socket.socket | None:
         conn.close()
         return None
     return conn
+
+
+def _failed_recently(path: Path) -> bool:
+    """Whether a server for this socket failed to start lately: then every job would start another."""
+    marker = path.with_suffix(".failed")
+    try:
+        age = time.time() - os.stat(marker).st_mtime
+    except OSError:
+        return False
+    if age > FAILED_RETRY_SECONDS:
+        return False
+    sys.stderr.write(f"pifi: warm start off for now: its server failed to start ({marker}); this job runs itself\n")
+    return True
 
 
 def _start_server(path: Path, idle: float) -> None:
@@ -314,12 +332,17 @@ def serve(socket_path: Path, sys_path: Sequence[str], idle: float = DEFAULT_IDLE
     global _server_lock_fd
     _server_lock_fd = lock_fd
     started = time.perf_counter()
-    for name in modules:
-        importlib.import_module(name)
-    _refuse_if_cuda_started()
-    _log.info("warm server %d: imported %d modules in %.1f s; serving %s", os.getpid(), len(modules),
+    try:
+        imported = _import_all(modules)
+        _refuse_if_cuda_started()
+        listener, inode = _listen(socket_path)
+    except Exception as exc:
+        # Jobs keep running cold; the marker stops each of them from starting a server that fails too.
+        socket_path.with_suffix(".failed").write_text(f"{type(exc).__name__}: {exc}\n")
+        raise
+    socket_path.with_suffix(".failed").unlink(missing_ok=True)
+    _log.info("warm server %d: imported %d modules in %.1f s; serving %s", os.getpid(), imported,
               time.perf_counter() - started, socket_path)
-    listener, inode = _listen(socket_path)
     try:
         _serve_forever(listener, idle)
     finally:
@@ -327,6 +350,18 @@ def serve(socket_path: Path, sys_path: Sequence[str], idle: float = DEFAULT_IDLE
         listener.close()
     _log.info("warm server %d: idle for %.0f s, exiting", os.getpid(), idle)
     return 0
+
+
+def _import_all(modules: Sequence[str]) -> int:
+    """Import what can be imported; a job that needs a module that failed here imports it itself."""
+    imported = 0
+    for name in modules:
+        try:
+            importlib.import_module(name)
+            imported += 1
+        except Exception as exc:  # noqa: BLE001 - one broken optional module must not cost every job its start
+            _log.warning("not preloading %s: %s: %s", name, type(exc).__name__, exc)
+    return imported
 
 
 def _refuse_if_cuda_started() -> None:
