@@ -545,7 +545,6 @@ def _reap(children: dict[int, socket.socket], selector: selectors.BaseSelector) 
 
 def _run_child(request: dict[str, Any], stdio: dict[int, int], close: Sequence[socket.socket]) -> None:
     """Become the job: its stdio, cwd, environment, argv and sys.path; run its script; never return."""
-    code = 1
     try:
         server = os.getppid()
         _die_with_parent()
@@ -594,7 +593,7 @@ def _take_stdio(stdio: Mapping[int, int]) -> None:
 
 
 def _run_script(path: str) -> int:
-    """Run the script as ``python path`` would, and return its exit code; KeyboardInterrupt re-raised."""
+    """Run the script as ``python path`` would and return its exit code; Ctrl-C ends it by SIGINT, as in Python."""
     try:
         runpy.run_path(path, run_name="__main__")
     except SystemExit as exc:
