@@ -116,16 +116,16 @@ def warm_start(snakemake: Any, models: Iterable[str | None] = ()) -> float:
     except WarmUnavailable as exc:
         sys.stderr.write(f"pifi: warm start unavailable, running this job itself: {exc}\n")
         return started_at
-    request = {
-        "argv": list(sys.argv), "cwd": os.getcwd(), "env": dict(os.environ), "sys_path": list(sys.path),
-        "started_at": started_at, "models": [os.path.abspath(m) for m in models if m],
-    }
     conn = _connect(socket_path)
     if conn is None:
         if _failed_recently(socket_path):
             return started_at
         _start_server(socket_path, idle=float(snakemake.config.get("warm_start_idle", DEFAULT_IDLE_SECONDS)))
         return started_at
+    request = {
+        "argv": list(sys.argv), "cwd": os.getcwd(), "env": dict(os.environ), "sys_path": list(sys.path),
+        "started_at": started_at, "models": [os.path.abspath(m) for m in models if m],
+    }
     child_pid = _send_request(conn, request)
     if child_pid is None:  # the server went away before it took the job: nothing ran yet
         conn.close()
