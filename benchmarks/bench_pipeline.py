@@ -161,6 +161,8 @@ def run_pipeline(index: int, slots: int, compile_setting: str, gpu_jobs: int, st
             "gpu_util_mean_training_window": util, "gpu_util_samples_training_window": n,
             "gpu_util_mean_whole_run": util_all, "gpu_util_samples_whole_run": n_all,
             "gpu_memory_used_max_mib": memory,
+            # (seconds since the run's start, utilization %): where the GPU idled, not only how much
+            "gpu_util_trace": [[round(t - started, 2), u] for t, u, _ in sampler.samples if started <= t <= ended],
         })
     selections = sorted((folder / "results" / "selection").glob("**/selection.json"))
     entry["selected_layers"] = {str(p.parent.relative_to(folder / "results" / "selection")):

@@ -264,6 +264,18 @@ def test_a_server_that_cannot_start_stops_jobs_from_starting_more_for_a_while(tm
     assert not warm._failed_recently(socket_path)  # later, one job tries again
 
 
+def test_a_server_whose_imports_loaded_the_cuda_driver_refuses_to_serve(tmp_path, monkeypatch):
+    maps = tmp_path / "maps"
+    maps.write_text("7f00-7f01 r-xp 00000000 08:01 42  /usr/lib/x86_64-linux-gnu/libcuda.so.580.95.05\n")
+    assert warm._cuda_driver_loaded(maps)
+    maps.write_text("7f00-7f01 r-xp 00000000 08:01 42  /opt/venv/lib/libcudart.so.13\n")
+    assert not warm._cuda_driver_loaded(maps)  # the runtime library alone starts nothing
+    assert not warm._cuda_driver_loaded(tmp_path / "no-procfs")
+    monkeypatch.setattr(warm, "_cuda_driver_loaded", lambda: True)
+    with pytest.raises(RuntimeError, match="libcuda"):
+        warm._refuse_if_cuda_started()
+
+
 def test_a_second_server_for_the_same_socket_steps_aside(tmp_path):
     socket_path = Path(tempfile.mkdtemp(prefix="pw", dir="/tmp")) / "one.sock"
     first = subprocess.Popen([sys.executable, "-c", SERVE, str(socket_path), "[]", "5"], env=clean_env())

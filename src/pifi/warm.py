@@ -323,6 +323,8 @@ def serve(socket_path: Path, sys_path: Sequence[str], idle: float = DEFAULT_IDLE
           modules: Sequence[str] = WARM_MODULES) -> int:
     """Import ``modules``, then fork a child per job request until ``idle`` seconds pass without one."""
     sys.path[:] = sys_path
+    # torch.cuda.is_available() asks NVML instead of starting the driver, should an import ask.
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     lock_fd = os.open(socket_path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -365,9 +367,21 @@ def _import_all(modules: Sequence[str]) -> int:
 
 
 def _refuse_if_cuda_started() -> None:
+    """A forked child cannot use a CUDA driver its parent initialised: torch's own start, or any library
+    that loaded the driver (``libcuda``) while being imported, e.g. through ``torch.cuda.is_available()``."""
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         raise RuntimeError("CUDA was initialised while importing the warm modules: a forked child could not use it")
+    if _cuda_driver_loaded():
+        raise RuntimeError("the CUDA driver (libcuda) was loaded while importing the warm modules: "
+                           "a forked child could not use it")
+
+
+def _cuda_driver_loaded(maps: Path = Path("/proc/self/maps")) -> bool:
+    try:
+        return "/libcuda.so" in maps.read_text()
+    except OSError:  # no procfs: torch's own check above is all there is
+        return False
 
 
 def _listen(path: Path) -> tuple[socket.socket, int]:
