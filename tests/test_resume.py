@@ -20,7 +20,7 @@ from transformers import AutoTokenizer
 
 from conftest import FILLER_WORDS, NEGATIVE_WORD, POSITIVE_WORD
 from pifi.model import ModelSpec, build_classifier
-from pifi.resume import ResumeStore, fingerprint
+from pifi.resume import EpochState, ResumeStore, fingerprint
 from pifi.tokens import TokenizedSplit
 from pifi.training import TrainingConfig, train_classifier
 
@@ -190,16 +190,18 @@ def test_a_kill_while_saving_never_mixes_two_epochs(setup, unbroken, tmp_path):
     Resuming from such a mix would, e.g., train epoch 2 again on epoch 2's weights; whatever the store
     does with it, the run must end as an unbroken run does."""
     directory = tmp_path / "resume"
+    store = ResumeStore(directory, "fp")
     epoch_one = {}
 
     def keep_epoch_one(record):
-        if record["epoch"] == 2:  # epoch 1's checkpoint is on disk, epoch 2's not yet
+        if record["epoch"] == 2:  # epoch 1's checkpoint is on disk once its write is done, epoch 2's not yet
+            store.wait()
             epoch_one.update(checkpoint_files(directory))
         if record["epoch"] == 3:
             raise Interrupted(3)
 
     with pytest.raises(Interrupted):
-        run(setup, resume=ResumeStore(directory, "fp"), on_epoch=keep_epoch_one)
+        run(setup, resume=store, on_epoch=keep_epoch_one)
     epoch_two = checkpoint_files(directory)
     assert epoch_one.keys() == epoch_two.keys() and epoch_one != epoch_two
     for name in epoch_one:  # this file still of epoch 1, the others already of epoch 2
@@ -207,6 +209,40 @@ def test_a_kill_while_saving_never_mixes_two_epochs(setup, unbroken, tmp_path):
             (directory / other).write_bytes(content)
         (directory / name).write_bytes(epoch_one[name])
         assert_same_run(run(setup, resume=ResumeStore(directory, "fp")), unbroken)
+
+
+def test_the_checkpoint_holds_the_epochs_state_although_training_goes_on_while_it_is_written(setup, tmp_path):
+    """save() copies the state before the background write: weights changed right after it (as the next
+    epoch does) do not reach the file, on the CPU too, where .cpu() alone would not copy."""
+    initial, _, _ = setup
+    model = copy.deepcopy(initial)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad])
+    state = EpochState(epoch=1, history=[{"epoch": 1}], best_epoch=1, best_accuracy=0.5)
+    store = ResumeStore(tmp_path / "resume", "fp")
+    saved = {k: v.clone() for k, v in model.trainable_state_dict().items()}
+    store.save(state, model, optimizer, torch.Generator().manual_seed(0), CPU)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1.0)  # the next epoch, while the file may still be written
+    store.wait()
+    restored = copy.deepcopy(initial)
+    fresh_optimizer = torch.optim.Adam([p for p in restored.parameters() if p.requires_grad])
+    assert store.load(restored, fresh_optimizer, torch.Generator(), CPU).epoch == 1
+    for key, value in restored.trainable_state_dict().items():
+        assert torch.equal(value, saved[key]), key
+
+
+def test_a_failed_background_write_is_raised_not_lost(setup, tmp_path):
+    initial, _, _ = setup
+    model = copy.deepcopy(initial)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad])
+    (tmp_path / "resume").write_text("a file where the store's directory must go")
+    store = ResumeStore(tmp_path / "resume", "fp")
+    store.save(EpochState(epoch=1, history=[], best_epoch=1, best_accuracy=0.5), model, optimizer,
+               torch.Generator(), CPU)  # returns at once; the write fails in the background
+    with pytest.raises(OSError):
+        store.wait()
+    store.wait()  # reported once
 
 
 # --- a real kill ----------------------------------------------------------------------------------------
@@ -243,13 +279,15 @@ TRAIN_SCRIPT = textwrap.dedent("""
     model = build_classifier(ModelSpec(method="base", slm_path=bert_dir, num_labels=2, dropout=0.2))
     cfg = TrainingConfig(learning_rate=2e-3, batch_size=8, epochs=3, max_length=16, eval_batch_size=16, seed=5)
 
+    store = ResumeStore(store_dir, "fp")
+
     def on_epoch(record):
         if mode == "kill" and record["epoch"] == 2:
-            assert os.listdir(store_dir)  # epoch 1's checkpoint
+            store.wait()  # epoch 1's checkpoint, written in the background
+            assert os.listdir(store_dir)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    result = train_classifier(model, train, validation, cfg, torch.device("cpu"),
-                              resume=ResumeStore(store_dir, "fp"), on_epoch=on_epoch)
+    result = train_classifier(model, train, validation, cfg, torch.device("cpu"), resume=store, on_epoch=on_epoch)
     os.makedirs(out_dir)
     save_file({k: v.contiguous() for k, v in result.best_state.items()}, os.path.join(out_dir, "best.safetensors"))
     save_file({k: v.contiguous() for k, v in model.trainable_state_dict().items()},

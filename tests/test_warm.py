@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -264,16 +265,39 @@ def test_a_server_that_cannot_start_stops_jobs_from_starting_more_for_a_while(tm
     assert not warm._failed_recently(socket_path)  # later, one job tries again
 
 
-def test_a_server_whose_imports_loaded_the_cuda_driver_refuses_to_serve(tmp_path, monkeypatch):
-    maps = tmp_path / "maps"
-    maps.write_text("7f00-7f01 r-xp 00000000 08:01 42  /usr/lib/x86_64-linux-gnu/libcuda.so.580.95.05\n")
-    assert warm._cuda_driver_loaded(maps)
-    maps.write_text("7f00-7f01 r-xp 00000000 08:01 42  /opt/venv/lib/libcudart.so.13\n")
-    assert not warm._cuda_driver_loaded(maps)  # the runtime library alone starts nothing
-    assert not warm._cuda_driver_loaded(tmp_path / "no-procfs")
-    monkeypatch.setattr(warm, "_cuda_driver_loaded", lambda: True)
-    with pytest.raises(RuntimeError, match="libcuda"):
-        warm._refuse_if_cuda_started()
+FAKE_DRIVER = """
+static int initialised = 0;
+int cuInit(unsigned int flags) { initialised = 1; return 0; }
+int cuDeviceGetCount(int *count) { if (!initialised) return 3; *count = 1; return 0; }
+"""
+DRIVER_PROBE = """
+import ctypes, sys
+from pifi import warm
+loaded = warm._cuda_driver_initialised()   # not loaded at all
+driver = ctypes.CDLL(sys.argv[1])          # loaded, as an import may do: harmless
+before = warm._cuda_driver_initialised()
+driver.cuInit(0)                           # initialised: a fork could not use it
+after = warm._cuda_driver_initialised()
+try:
+    warm._refuse_if_cuda_started()
+    refused = ""
+except RuntimeError as exc:
+    refused = str(exc)
+print(loaded, before, after, "cuInit" in refused)
+"""
+
+
+def test_a_server_whose_imports_initialised_the_cuda_driver_refuses_to_serve(tmp_path):
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler to build a stand-in CUDA driver")
+    (tmp_path / "driver.c").write_text(FAKE_DRIVER)
+    library = tmp_path / "libcuda.so.1"
+    subprocess.run([compiler, "-shared", "-fPIC", "-o", str(library), str(tmp_path / "driver.c")], check=True)
+    probe = subprocess.run([sys.executable, "-c", DRIVER_PROBE, str(library)], env=clean_env(),
+                           capture_output=True, text=True, timeout=60)
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.split() == ["False", "False", "True", "True"]
 
 
 def test_a_second_server_for_the_same_socket_steps_aside(tmp_path):

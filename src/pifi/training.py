@@ -171,46 +171,50 @@ def train_classifier(
         result.resumed_from_epoch = saved.epoch
         log.info("resumed after epoch %d of %d (best so far: epoch %d)", saved.epoch, cfg.epochs, saved.best_epoch)
     started = time.perf_counter()
-    for epoch in range(first_epoch, cfg.epochs + 1):
-        step_model.train()  # the same modules as model's
-        epoch_start = time.perf_counter()
-        order = dataloader_order(len(train), shuffle)
-        losses = []
-        steps = progress(batches(train, order, cfg.batch_size, buckets), total=-(-len(train) // cfg.batch_size),
-                         desc=f"epoch {epoch}/{cfg.epochs}")
-        for inputs, labels in steps:
-            _mark_step(device)
-            # Each new shape costs a compile (seconds) and a CUDA graph; the last, partial batch is
-            # one step an epoch, so it runs eager on the same modules instead.
-            forward = step_model if len(labels) == cfg.batch_size else model
-            with autocast_for(device):
-                logits = forward(**inputs)
-                loss = loss_fn(logits.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
-            losses.append(loss.detach().clone())
-            result.steps += 1
-            result.samples += len(labels)
-        train_loss = torch.stack(losses).mean().item()  # one host sync per epoch, not per step
-        # Validation runs eager: a few dozen launch-bound batches an epoch cost less than compiling
-        # and recording an inference graph per bucket.
-        probs = predict_proba(model, validation, cfg.eval_batch_size, device, buckets)
-        metrics = classification_metrics(validation.labels.cpu().numpy(), probs.argmax(axis=1))
-        record = {"epoch": epoch, "train_loss": round(train_loss, 6),
-                  **{f"validation_{k}": round(v, 6) for k, v in metrics.items()}}
-        result.history.append(record)
-        log.info("epoch %s (%.1f s)", json.dumps(record), time.perf_counter() - epoch_start)
-        if on_epoch is not None:
-            on_epoch(record)
-        if metrics["accuracy"] > best_accuracy:
-            best_accuracy = metrics["accuracy"]
-            result.best_epoch = epoch
-            result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.trainable_state_dict().items()}
-        if resume is not None and epoch < cfg.epochs:
-            resume.save(EpochState(epoch=epoch, history=result.history, best_epoch=result.best_epoch,
-                                   best_accuracy=best_accuracy, best_state=result.best_state),
-                        model, optimizer, shuffle, device)
+    try:
+        for epoch in range(first_epoch, cfg.epochs + 1):
+            step_model.train()  # the same modules as model's
+            epoch_start = time.perf_counter()
+            order = dataloader_order(len(train), shuffle)
+            losses = []
+            steps = progress(batches(train, order, cfg.batch_size, buckets), total=-(-len(train) // cfg.batch_size),
+                             desc=f"epoch {epoch}/{cfg.epochs}")
+            for inputs, labels in steps:
+                _mark_step(device)
+                # Each new shape costs a compile (seconds) and a CUDA graph; the last, partial batch is
+                # one step an epoch, so it runs eager on the same modules instead.
+                forward = step_model if len(labels) == cfg.batch_size else model
+                with autocast_for(device):
+                    logits = forward(**inputs)
+                    loss = loss_fn(logits.float(), labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+                losses.append(loss.detach().clone())
+                result.steps += 1
+                result.samples += len(labels)
+            train_loss = torch.stack(losses).mean().item()  # one host sync per epoch, not per step
+            # Validation runs eager: a few dozen launch-bound batches an epoch cost less than compiling
+            # and recording an inference graph per bucket.
+            probs = predict_proba(model, validation, cfg.eval_batch_size, device, buckets)
+            metrics = classification_metrics(validation.labels.cpu().numpy(), probs.argmax(axis=1))
+            record = {"epoch": epoch, "train_loss": round(train_loss, 6),
+                      **{f"validation_{k}": round(v, 6) for k, v in metrics.items()}}
+            result.history.append(record)
+            log.info("epoch %s (%.1f s)", json.dumps(record), time.perf_counter() - epoch_start)
+            if on_epoch is not None:
+                on_epoch(record)
+            if metrics["accuracy"] > best_accuracy:
+                best_accuracy = metrics["accuracy"]
+                result.best_epoch = epoch
+                result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.trainable_state_dict().items()}
+            if resume is not None and epoch < cfg.epochs:
+                resume.save(EpochState(epoch=epoch, history=result.history, best_epoch=result.best_epoch,
+                                       best_accuracy=best_accuracy, best_state=result.best_state),
+                            model, optimizer, shuffle, device)
+    finally:
+        if resume is not None:
+            resume.wait()  # the last checkpoint is on disk before the run returns or fails
     result.train_seconds = time.perf_counter() - started
     return result

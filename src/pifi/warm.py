@@ -367,21 +367,36 @@ def _import_all(modules: Sequence[str]) -> int:
 
 
 def _refuse_if_cuda_started() -> None:
-    """A forked child cannot use a CUDA driver its parent initialised: torch's own start, or any library
-    that loaded the driver (``libcuda``) while being imported, e.g. through ``torch.cuda.is_available()``."""
+    """A forked child cannot use a CUDA driver its parent initialised (``cuInit``): by torch's own start,
+    or by any library that called into the driver while being imported."""
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         raise RuntimeError("CUDA was initialised while importing the warm modules: a forked child could not use it")
-    if _cuda_driver_loaded():
-        raise RuntimeError("the CUDA driver (libcuda) was loaded while importing the warm modules: "
+    if _cuda_driver_initialised():
+        raise RuntimeError("the CUDA driver was initialised (cuInit) while importing the warm modules: "
                            "a forked child could not use it")
 
 
-def _cuda_driver_loaded(maps: Path = Path("/proc/self/maps")) -> bool:
+def _cuda_driver_initialised(maps: Path = Path("/proc/self/maps")) -> bool:
+    """Ask a CUDA driver this process already loaded whether it was initialised, without initialising it.
+
+    Loading ``libcuda`` is harmless (torch's import may do it); ``cuInit`` is not. ``cuDeviceGetCount``
+    answers CUDA_ERROR_NOT_INITIALIZED (3) before ``cuInit`` and CUDA_SUCCESS (0) after it.
+    """
     try:
-        return "/libcuda.so" in maps.read_text()
+        paths = {line.split(maxsplit=5)[5].strip() for line in maps.read_text().splitlines()
+                 if "/libcuda.so" in line and len(line.split(maxsplit=5)) == 6}
     except OSError:  # no procfs: torch's own check above is all there is
         return False
+    for path in sorted(paths):
+        try:
+            driver = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)  # never loads it anew
+            count = ctypes.c_int(0)
+            if driver.cuDeviceGetCount(ctypes.byref(count)) == 0:
+                return True
+        except (OSError, AttributeError):
+            continue
+    return False
 
 
 def _listen(path: Path) -> tuple[socket.socket, int]:
