@@ -194,9 +194,11 @@ def _memory_gib() -> float | None:
 
 
 def _git_commit() -> str | None:
+    """The commit, with "-dirty" when the tracked files differ from it (e.g. a copy of a working tree
+    whose .git is older, as on the lent GPU machines)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                             timeout=10)
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=REPO, capture_output=True,
+                             text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode != 0:
