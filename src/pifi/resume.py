@@ -60,6 +60,7 @@ class ResumeStore:
     def save(self, state: EpochState, model: nn.Module, optimizer: torch.optim.Optimizer,
              shuffle: torch.Generator, device: torch.device) -> None:
         """Snapshot this epoch's state to host memory now; write it in the background."""
+        self.wait()  # one write in flight (epochs land in order, an error is not lost), one snapshot held
         # Copies, also on the CPU: the next epoch updates the weights and Adam's state in place
         # while the writer reads them. The best state is never updated in place, only replaced.
         tensors = {f"model.{k}": _host_copy(v) for k, v in model.trainable_state_dict().items()}
@@ -73,7 +74,6 @@ class ResumeStore:
             tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
         meta = {k: v for k, v in asdict(state).items() if k != "best_state"}
         metadata = {"state": json.dumps({"fingerprint": self.fingerprint, **meta})}
-        self.wait()  # one write in flight: epochs are written in order, and an error is not lost
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pifi-resume")
         self._pending = self._writer.submit(write_safetensors, self.path, tensors, metadata)
