@@ -14,7 +14,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
 
@@ -141,6 +141,30 @@ def dataloader_order(n: int, generator: torch.Generator) -> np.ndarray:
     return order
 
 
+def _train_steps(steps: Iterable[tuple[dict[str, torch.Tensor], torch.Tensor]], model: nn.Module,
+                 step_model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
+                 params: list[nn.Parameter], cfg: TrainingConfig, device: torch.device,
+                 result: TrainingResult) -> float:
+    """One epoch's optimizer steps; the mean training loss, with one host sync at the end."""
+    losses = []
+    for inputs, labels in steps:
+        _mark_step(device)
+        # Each new shape costs a compile (seconds) and a CUDA graph; the last, partial batch is
+        # one step an epoch, so it runs eager on the same modules instead.
+        forward = step_model if len(labels) == cfg.batch_size else model
+        with autocast_for(device):
+            logits = forward(**inputs)
+            loss = loss_fn(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        losses.append(loss.detach().clone())
+        result.steps += 1
+        result.samples += len(labels)
+    return torch.stack(losses).mean().item()
+
+
 def train_classifier(
     model: nn.Module, train: TokenizedSplit, validation: TokenizedSplit, cfg: TrainingConfig,
     device: torch.device, *, resume: ResumeStore | None = None,
@@ -176,25 +200,9 @@ def train_classifier(
             step_model.train()  # the same modules as model's
             epoch_start = time.perf_counter()
             order = dataloader_order(len(train), shuffle)
-            losses = []
             steps = progress(batches(train, order, cfg.batch_size, buckets), total=-(-len(train) // cfg.batch_size),
                              desc=f"epoch {epoch}/{cfg.epochs}")
-            for inputs, labels in steps:
-                _mark_step(device)
-                # Each new shape costs a compile (seconds) and a CUDA graph; the last, partial batch is
-                # one step an epoch, so it runs eager on the same modules instead.
-                forward = step_model if len(labels) == cfg.batch_size else model
-                with autocast_for(device):
-                    logits = forward(**inputs)
-                    loss = loss_fn(logits.float(), labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                optimizer.step()
-                losses.append(loss.detach().clone())
-                result.steps += 1
-                result.samples += len(labels)
-            train_loss = torch.stack(losses).mean().item()  # one host sync per epoch, not per step
+            train_loss = _train_steps(steps, model, step_model, optimizer, loss_fn, params, cfg, device, result)
             # Validation runs eager: a few dozen launch-bound batches an epoch cost less than compiling
             # and recording an inference graph per bucket.
             probs = predict_proba(model, validation, cfg.eval_batch_size, device, buckets)
