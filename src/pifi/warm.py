@@ -384,10 +384,10 @@ def _cuda_driver_initialised(maps: Path = Path("/proc/self/maps")) -> bool:
     answers CUDA_ERROR_NOT_INITIALIZED (3) before ``cuInit`` and CUDA_SUCCESS (0) after it.
     """
     try:
-        paths = {line.split(maxsplit=5)[5].strip() for line in maps.read_text().splitlines()
-                 if "/libcuda.so" in line and len(line.split(maxsplit=5)) == 6}
-    except OSError:  # no procfs: torch's own check above is all there is
+        mappings = [line.split(maxsplit=5) for line in maps.read_text().splitlines() if "/libcuda.so" in line]
+    except OSError:  # no procfs: torch's own check in _refuse_if_cuda_started is all there is
         return False
+    paths = {fields[5].strip() for fields in mappings if len(fields) == 6}  # the 6th field is the file
     for path in sorted(paths):
         try:
             driver = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)  # never loads it anew
