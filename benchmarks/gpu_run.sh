@@ -50,7 +50,7 @@ EOF
     # 2. A sweep of real-length jobs (3 epochs, as the user's experiment; 8 training runs: two full waves
     #    of 4 slots), started before LONG_BEFORE s of this script and stopped at LONG_UNTIL: utilization.
     if (( SECONDS < ${LONG_BEFORE:-340} )); then
-        timeout $(( ${LONG_UNTIL:-545} - SECONDS )) python3 benchmarks/bench_pipeline.py --device cuda --scale real \
+        timeout $(( ${LONG_UNTIL:-535} - SECONDS )) python3 benchmarks/bench_pipeline.py --device cuda --scale real \
             --runs "${LONG_RUNS:-4:auto:8:warm}" --epochs 3 --sweep 0,4,8,12,16,20 --cores 12 --work /tmp/pipeline3 \
             --out "$OUT/pipeline_gpu_3epochs.json" 2>&1 | tee "$OUT/pipeline_3epochs.log"
     fi
