@@ -53,19 +53,15 @@ def demo_config(configfile: Path) -> dict[str, Any]:
     return config
 
 
-def old_rows(tokens: Mapping[str, torch.Tensor], split: str, rows: np.ndarray) -> list[dict[str, Any]]:
+def old_rows(split: TokenizedSplit) -> list[dict[str, Any]]:
     """The rows as the old loop's dataset held them: unpadded id lists (the cached ids: same tokenizer, same
     truncation), for ``tokenizer.pad`` to collate per batch."""
-    lengths = tokens[f"{split}.lengths"].numpy().astype(np.int64)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    ids, types = tokens[f"{split}.input_ids"], tokens.get(f"{split}.token_type_ids")
     out = []
-    for row in rows:
-        span = slice(int(starts[row]), int(starts[row] + lengths[row]))
-        item = {"input_ids": ids[span].tolist(), "attention_mask": [1] * int(lengths[row]),
-                "labels": int(tokens[f"{split}.labels"][row])}
-        if types is not None:
-            item["token_type_ids"] = types[span].tolist()
+    for row, length in enumerate(split.lengths.tolist()):
+        item = {"input_ids": split.input_ids[row, :length].tolist(), "attention_mask": [1] * length,
+                "labels": int(split.labels[row])}
+        if split.token_type_ids is not None:
+            item["token_type_ids"] = split.token_type_ids[row, :length].tolist()
         out.append(item)
     return out
 
@@ -130,7 +126,9 @@ def compare_run(run_dir: Path, seed: int, project: Path, training: Mapping[str, 
     rows = {"train": capped_rows(len(tokens["train.lengths"]), training["max_train_samples"], seed),
             **{split: capped_rows(len(tokens[f"{split}.lengths"]), training["max_eval_samples"], EVAL_ROWS_SEED)
                for split in ("validation", "test")}}
-    labels = tokens["test.labels"][torch.from_numpy(rows["test"])].numpy()
+    splits = {split: TokenizedSplit.from_tensors(tokens, split, pad_id=int(meta["pad_token_id"]),
+                                                 width=training["max_length"], rows=r) for split, r in rows.items()}
+    labels = splits["test"].labels.numpy()
     # Model paths in the spec are the workflow's, relative to its project directory.
     spec = ModelSpec(**{**spec_file["model"], **{key: str(project / spec_file["model"][key])
                                                  for key in ("slm_path", "llm_path") if spec_file["model"][key]}})
@@ -146,8 +144,6 @@ def compare_run(run_dir: Path, seed: int, project: Path, training: Mapping[str, 
         bucketed = {"source": "the demo's run", "best_epoch": history["best_epoch"], "epochs": history["epochs"],
                     "predictions": pipeline["prediction"].to_numpy()}
     else:
-        splits = {split: TokenizedSplit.from_tensors(tokens, split, pad_id=int(meta["pad_token_id"]),
-                                                     width=training["max_length"], rows=r) for split, r in rows.items()}
         seed_everything(seed)  # as train.py: the new head and projections start from the run's seed
         history, best_epoch, probabilities = train_bucketed(build_classifier(spec), splits, cfg)
         bucketed = {"source": "trained here", "best_epoch": best_epoch, "epochs": history,
@@ -156,7 +152,7 @@ def compare_run(run_dir: Path, seed: int, project: Path, training: Mapping[str, 
     model = build_classifier(spec)
     started = time.perf_counter()
     history, best_epoch, probabilities = train_old_loop(
-        model, tokenizer, *(old_rows(tokens, split, rows[split]) for split in ("train", "validation", "test")), cfg)
+        model, tokenizer, *(old_rows(splits[split]) for split in ("train", "validation", "test")), cfg)
     old = {"best_epoch": best_epoch, "epochs": history, "seconds": time.perf_counter() - started,
            "predictions": probabilities.argmax(axis=1)}
     return {

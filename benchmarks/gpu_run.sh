@@ -43,7 +43,7 @@ for name in (*warm.WARM_MODULES, "transformers.models.bert.modeling_bert", "tran
     print(name, "libcuda loaded" if loaded else "-", "cuInit called" if warm._cuda_driver_initialised() else "-")
 EOF
     # 1. RUNS (default 1:off:1:cold,4:auto:8:warm), 1 epoch, 5 training runs: the old pipeline and this
-    #    code in one call (~165-250 s + ~45-80 s on an H100); a run starts only before DEADLINE s.
+    #    code in one call (164-215 s + ~70 s on the H100s measured); a run starts only before DEADLINE s.
     timeout "${PIPELINE_TIMEOUT:-330}" python3 benchmarks/bench_pipeline.py --device cuda --scale real \
         --runs "${RUNS:-1:off:1:cold,4:auto:8:warm}" --deadline "${DEADLINE:-280}" --cores 12 --work /tmp/pipeline \
         --out "$OUT/pipeline_gpu.json" 2>&1 | tee "$OUT/pipeline.log"
