@@ -27,7 +27,7 @@ def _reference_layer_output(full_model, layer: int, x: torch.Tensor) -> torch.Te
 
 
 def _length_one_formula(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """DESIGN.md: x + o_proj(v_proj(norm(x))) then the MLP block (v heads repeated for grouped-query attention)."""
+    """docs/design.md: x + o_proj(v_proj(norm(x))) then the MLP block (v heads repeated for grouped-query attention)."""
     attn = block.self_attn
     config = attn.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads

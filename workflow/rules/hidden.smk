@@ -7,6 +7,8 @@ rule extract_hidden:
         samples="results/hidden/{dataset}/{llm}/samples.parquet",
     log:
         "results/logs/hidden/{dataset}/{llm}.log",
+    benchmark:
+        "results/benchmarks/hidden/{dataset}/{llm}.tsv"
     params:
         n_samples=SELECTION["n_samples"],
         max_length=SELECTION["max_length"],
