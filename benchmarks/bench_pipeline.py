@@ -5,16 +5,13 @@ Each run is a fresh ``snakemake`` process in a fresh directory on the same small
 random-weight models of the real shapes (``--scale real``: a BERT-base-shaped SLM and a full
 24-layer Qwen2-0.5B-shaped LLM) or tiny ones (``--scale tiny``, for a CPU check), and a synthetic
 local dataset (random words of bert-base-uncased's vocabulary, random labels: the point is the
-work, not the accuracy). A run is ``K:COMPILE[:N[:START]]``: ``gpu_slots_per_gpu: K`` on one GPU,
-``training.compile: COMPILE``, ``--resources gpu=N`` (default K) and ``warm_start`` on (``warm``,
-the default) or off (``cold``). With N > K, Snakemake starts more GPU jobs than there are slots: the
-extra ones start up and then wait in the slot claim, so a slot is not left idle while the next job
-starts up. Warm, GPU jobs run in forks of a server that has their imports done (pifi.warm); each run
-has its own server, started by its first GPU job, as on a user's first run. ``--device auto`` on a machine without
-CUDA pretends a pool of one GPU: jobs claim its slots (lock files) and train on the CPU. ``1:off``
-``1:off:1:cold`` is the stand-in for the pipeline before the GPU work (one job per GPU, eager, every
-job importing its own torch); it already has this code's data path, so a ratio against it
-understates the gain over the old pipeline.
+work, not the accuracy). A run is ``K:COMPILE[:N]``: ``gpu_slots_per_gpu: K`` on one GPU,
+``training.compile: COMPILE`` and ``--resources gpu=N`` (default K). With N > K, Snakemake starts more
+GPU jobs than there are slots: the extra ones start up and then wait in the slot claim, so a slot is
+not left idle while the next job starts up. ``--device auto`` on a machine without CUDA pretends a
+pool of one GPU: jobs claim its slots (lock files) and train on the CPU. ``1:off:1`` is the stand-in
+for the pipeline before the GPU work (one job per GPU, eager, no job admitted beyond the slots); it
+already has this code's data path, so a ratio against it understates the gain over the old pipeline.
 
 All runs share one inductor cache directory (``TORCHINDUCTOR_CACHE_DIR``), new at the start: the
 first compiled run compiles cold, as on a fresh machine; a later one finds the graphs cached, as
@@ -26,8 +23,8 @@ over the wall and over that window, each training job's start-up, training secon
 step, and the GPU's mean utilization (``nvidia-smi`` every 200 ms) over the window and the run.
 
     .venv/bin/python benchmarks/bench_pipeline.py                 # CPU, tiny shapes: a check, here
-    .venv/bin/python benchmarks/bench_pipeline.py --device auto --runs 1:off:1:cold,1:off:2:cold,1:off:2:warm
-    python3 benchmarks/bench_pipeline.py --scale real --device cuda --runs 1:off:1:cold,4:auto:8:warm \\
+    .venv/bin/python benchmarks/bench_pipeline.py --device auto --runs 1:off:1,1:off:2
+    python3 benchmarks/bench_pipeline.py --scale real --device cuda --runs 1:off:1,4:auto:8 \\
         --out OUT.json                                            # on a GPU
 """
 
@@ -108,17 +105,16 @@ def write_project(work: Path, scale: dict[str, Any], args: argparse.Namespace) -
 
 # ---------------------------------------------------------------- one run
 
-def run_pipeline(index: int, slots: int, compile_setting: str, gpu_jobs: int, start: str, project: dict[str, Any],
+def run_pipeline(index: int, slots: int, compile_setting: str, gpu_jobs: int, project: dict[str, Any],
                  work: Path, args: argparse.Namespace, *, cache: str) -> dict[str, Any]:
-    folder = work / f"run{index}-k{slots}-{compile_setting}-n{gpu_jobs}-{start}"
+    folder = work / f"run{index}-k{slots}-{compile_setting}-n{gpu_jobs}"
     folder.mkdir()
     config = {**project, "gpu_slots_per_gpu": slots, "gpu_lock_dir": str(folder / "locks"),
-              "warm_start": start == "warm", "warm_start_idle": 20,
               "training": {**project["training"], "compile": {"on": True, "off": False}.get(compile_setting,
                                                                                             compile_setting)}}
     (folder / "bench.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(work / "inductor-cache"), "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "PIFI_WARM_DIR": str(work / f"w{index}")}  # a server per run
+           "TOKENIZERS_PARALLELISM": "false"}
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(folder),
                "--configfile", str(folder / "bench.yaml"), "--cores", str(args.cores),
                "--resources", f"gpu={gpu_jobs}", "--rerun-incomplete"]
@@ -135,9 +131,7 @@ def run_pipeline(index: int, slots: int, compile_setting: str, gpu_jobs: int, st
     jobs = [json.loads(p.read_text()) | {"run": str(p.parent.relative_to(folder / "results" / "runs"))}
             for p in sorted((folder / "results" / "runs").glob("**/timings.json"))]
     entry: dict[str, Any] = {
-        "run": index, "slots": slots, "compile": compile_setting, "gpu_jobs": gpu_jobs, "start": start,
-        "warm_started_jobs": sum("warm start: running in a fork" in p.read_text(errors="replace")
-                                 for p in (folder / "results" / "logs").rglob("*.log")),
+        "run": index, "slots": slots, "compile": compile_setting, "gpu_jobs": gpu_jobs,
         "returncode": proc.returncode,
         "wall_seconds": ended - started, "snakemake_jobs": int(done[-1][1]) if done else None,
         "inductor_cache": cache,
@@ -186,7 +180,7 @@ def ratios(runs: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def label(entry: dict[str, Any]) -> str:
-    return f"{entry['slots']}x{entry['compile']}_n{entry.get('gpu_jobs', entry['slots'])}_{entry.get('start', 'cold')}"
+    return f"{entry['slots']}x{entry['compile']}_n{entry.get('gpu_jobs', entry['slots'])}"
 
 
 def write(args: argparse.Namespace, runs: list[dict[str, Any]], started: float, project: dict[str, Any]) -> None:
@@ -201,13 +195,12 @@ def write(args: argparse.Namespace, runs: list[dict[str, Any]], started: float, 
     print(f"wrote {args.out}", flush=True)
 
 
-def parse_run(item: str, parser: argparse.ArgumentParser) -> tuple[int, str, int, str]:
-    """``SLOTS:COMPILE[:GPU_JOBS[:START]]`` as (slots, compile, GPU jobs, start)."""
+def parse_run(item: str, parser: argparse.ArgumentParser) -> tuple[int, str, int]:
+    """``SLOTS:COMPILE[:GPU_JOBS]`` as (slots, compile, GPU jobs)."""
     slots, compile_setting, *rest = item.split(":")
-    start = rest[1] if len(rest) > 1 else "warm"
-    if compile_setting not in ("off", "auto", "on") or start not in ("warm", "cold") or len(rest) > 2:
-        parser.error(f"run {item!r}: expected SLOTS:COMPILE[:GPU_JOBS[:START]], COMPILE off/auto/on, START warm/cold")
-    return int(slots), compile_setting, int(rest[0]) if rest else int(slots), start
+    if compile_setting not in ("off", "auto", "on") or len(rest) > 1:
+        parser.error(f"run {item!r}: expected SLOTS:COMPILE[:GPU_JOBS], COMPILE off/auto/on")
+    return int(slots), compile_setting, int(rest[0]) if rest else int(slots)
 
 
 def main() -> None:
@@ -215,9 +208,9 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
                         help="the config's device; auto without CUDA pretends one GPU (slot claims, CPU training)")
     parser.add_argument("--scale", choices=sorted(SCALES), default="tiny")
-    parser.add_argument("--runs", default="1:off:1:cold,1:off:1:warm",
-                        help="comma-separated SLOTS:COMPILE[:GPU_JOBS[:START]] (compile: off, auto or on; GPU_JOBS = "
-                             "--resources gpu=, default SLOTS; START: warm (default) or cold), run in this order; "
+    parser.add_argument("--runs", default="1:off:1,1:off:2",
+                        help="comma-separated SLOTS:COMPILE[:GPU_JOBS] (compile: off, auto or on; GPU_JOBS = "
+                             "--resources gpu=, default SLOTS), run in this order; "
                              "the first is the ratios' baseline")
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[1])
     parser.add_argument("--sweep", type=lambda s: [int(x) for x in s.split(",")], default=None,
@@ -241,13 +234,13 @@ def main() -> None:
     print(f"  done in {time.time() - started:.1f} s", flush=True)
     runs: list[dict[str, Any]] = []
     cache = "cold"  # until a compiled run has filled the shared inductor cache
-    for index, (item, (slots, compile_setting, gpu_jobs, start)) in enumerate(zip(args.runs.split(","), plan)):
+    for index, (item, (slots, compile_setting, gpu_jobs)) in enumerate(zip(args.runs.split(","), plan)):
         if args.deadline is not None and time.time() - started > args.deadline:
             print(f"skipping run {index} ({item}) and the rest: past --deadline {args.deadline:.0f} s", flush=True)
             break
-        print(f"run {index}: {slots} slot(s), compile {compile_setting}, {gpu_jobs} GPU jobs at once, {start} start ...",
+        print(f"run {index}: {slots} slot(s), compile {compile_setting}, {gpu_jobs} GPU jobs at once ...",
               flush=True)
-        entry = run_pipeline(index, slots, compile_setting, gpu_jobs, start, project, work, args,
+        entry = run_pipeline(index, slots, compile_setting, gpu_jobs, project, work, args,
                              cache=cache if compile_setting != "off" else "unused")
         if compile_setting != "off":
             cache = "warm"
@@ -261,10 +254,10 @@ def main() -> None:
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
     print()
-    print_table(["run", "slots", "compile", "GPU jobs", "start", "warm jobs", "exit", "wall s", "jobs", "train jobs", "train window s",
+    print_table(["run", "slots", "compile", "GPU jobs", "exit", "wall s", "jobs", "train jobs", "train window s",
                  "samples/s wall", "samples/s window", "start-up s (med)", "ms/step (med)", "GPU util % train",
                  "GPU util % run"],
-                [[e["run"], e["slots"], e["compile"], e["gpu_jobs"], e["start"], e["warm_started_jobs"], e["returncode"], fmt(e["wall_seconds"]), e["snakemake_jobs"],
+                [[e["run"], e["slots"], e["compile"], e["gpu_jobs"], e["returncode"], fmt(e["wall_seconds"]), e["snakemake_jobs"],
                   len(e["training_jobs"]), fmt(e.get("training_window_seconds")), fmt(e.get("samples_per_s_wall")),
                   fmt(e.get("samples_per_s_training_window")), fmt(e.get("startup_seconds_median")),
                   fmt(e.get("ms_per_step_median")), fmt(e.get("gpu_util_mean_training_window")),

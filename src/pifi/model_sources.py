@@ -127,6 +127,11 @@ def resolve_model_dir(name: str, spec: Mapping[str, Any], *, work_dir: Path, bas
             path = root / spec.get("path", "")
     else:
         raise ModelSourceError(f"model {name!r}: unknown source {source!r}; use hub, local or package")
+    if not path.exists():  # said as such: "has no config.json" sent people looking inside a directory
+        hint = f" (a relative path is resolved against {Path(base_dir).resolve()})" if source == "local" else ""
+        raise ModelSourceError(f"model {name!r}: {path} does not exist{hint}")
+    if not path.is_dir():
+        raise ModelSourceError(f"model {name!r}: {path} is not a directory (a model is a directory with config.json)")
     if not (path / "config.json").exists():
         raise ModelSourceError(f"model {name!r}: {path} has no config.json")
     check_safetensors_weights(name, path)

@@ -12,6 +12,7 @@ checkpoint prepare_data:
         spec=dataset_spec,
         validation_fraction=config["data"]["validation_fraction"],
         drop_blank_texts=config["data"]["drop_blank_texts"],
+        split_overlap=config["data"]["split_overlap"],
         seed=config["data"]["seed"],
         code=code_version("prepare_data.py"),
     conda:

@@ -1,19 +1,16 @@
 """Test metrics of one run, from the predictions its training job saved (no model load)."""
 
-from pifi.warm import warm_start
-
-warm_start(snakemake)  # the rest runs in a warm server's fork, if one is up (pifi.warm)
-
-import pandas as pd
-
-from pifi.artifacts import read_json, write_json
-from pifi.evaluation import classification_metrics
+from pifi.artifacts import read_json, read_parquet, write_json
+from pifi.evaluation import classification_metrics, num_classes_of, per_class_f1
 from pifi.job import start_job
 
 log = start_job(snakemake)
 inp = snakemake.input
-predictions = pd.read_parquet(inp.predictions)
-metrics = classification_metrics(predictions["label"].to_numpy(), predictions["prediction"].to_numpy())
+predictions = read_parquet(inp.predictions)
+labels, predicted = predictions["label"].to_numpy(), predictions["prediction"].to_numpy()
+num_classes = num_classes_of(predictions)  # all C classes, also one absent from test (pifi.evaluation)
+metrics = {**classification_metrics(labels, predicted, num_classes),
+           "f1_per_class": per_class_f1(labels, predicted, num_classes)}
 saved, history = read_json(inp.spec), read_json(inp.history)
 result = {**saved["run"], **metrics, "test_rows": len(predictions), "best_epoch": history["best_epoch"],
           "validation_accuracy": history["best_validation_accuracy"],

@@ -1,9 +1,5 @@
 """The seed's PC-patching effect of every decoder layer, in the seed experiment's JSON format."""
 
-from pifi.warm import warm_start
-
-warm_start(snakemake)  # the rest runs in a warm server's fork, if one is up (pifi.warm)
-
 from pifi.artifacts import write_json
 from pifi.choice import unconverged_layers
 from pifi.hidden import load_states

@@ -1,9 +1,5 @@
 """One selector's score per decoder layer (higher = better), with its stability over subsets."""
 
-from pifi.warm import warm_start
-
-warm_start(snakemake)  # the rest runs in a warm server's fork, if one is up (pifi.warm)
-
 from pifi.artifacts import write_json
 from pifi.choice import scores_report, unconverged_layers
 from pifi.hidden import load_states

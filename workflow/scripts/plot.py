@@ -1,9 +1,5 @@
 """The two figures of one dataset x SLM x LLM: layer profile (sweep and selectors) and methods."""
 
-from pifi.warm import warm_start
-
-warm_start(snakemake)  # the rest runs in a warm server's fork, if one is up (pifi.warm)
-
 import pandas as pd
 
 from pifi.job import start_job

@@ -1,19 +1,17 @@
 """Load one dataset as configured and write its three splits as parquet, with stable row ids."""
 
-from pifi.warm import warm_start
-
-warm_start(snakemake)  # the rest runs in a warm server's fork, if one is up (pifi.warm)
-
 from pifi.artifacts import write_json, write_parquet
-from pifi.data import prepare_splits
+from pifi.data import prepare_dataset
 from pifi.job import start_job
 
 log = start_job(snakemake)
-splits = prepare_splits(snakemake.wildcards.dataset, snakemake.params.spec,
-                        validation_fraction=snakemake.params.validation_fraction, seed=snakemake.params.seed,
-                        drop_blank_texts=snakemake.params.drop_blank_texts)
-info = {"dataset": snakemake.wildcards.dataset, "source": snakemake.params.spec["source"],
-        "num_labels": int(splits["train"]["label"].max()) + 1, "splits": {}}
+p = snakemake.params
+# The checks (texts shared between splits, train classes absent from validation or test) are
+# warnings in this log and counts in info.json; data.split_overlap can make test leakage an error.
+splits, checks = prepare_dataset(snakemake.wildcards.dataset, p.spec, validation_fraction=p.validation_fraction,
+                                 seed=p.seed, drop_blank_texts=p.drop_blank_texts, split_overlap_mode=p.split_overlap)
+info = {"dataset": snakemake.wildcards.dataset, "source": p.spec["source"],
+        "num_labels": int(splits["train"]["label"].max()) + 1, "splits": {}, "checks": checks}
 for split, frame in splits.items():
     write_parquet(snakemake.output[split], frame)
     info["splits"][split] = {"rows": len(frame), "label_counts": frame["label"].value_counts().sort_index().to_dict()}

@@ -1,9 +1,5 @@
 """Make a model available locally (hub download, package files, or a one-off GGUF conversion)."""
 
-from pifi.warm import warm_start
-
-warm_start(snakemake)  # the rest runs in a warm server's fork, if one is up (pifi.warm)
-
 from pathlib import Path
 
 from pifi.artifacts import write_json

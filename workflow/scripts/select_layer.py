@@ -1,9 +1,5 @@
 """Pick the layer pifi_ilm trains, and record every compared selector's choice."""
 
-from pifi.warm import warm_start
-
-warm_start(snakemake)  # the rest runs in a warm server's fork, if one is up (pifi.warm)
-
 from pifi.artifacts import read_json, write_json
 from pifi.choice import selection_record
 from pifi.job import start_job

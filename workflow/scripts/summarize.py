@@ -1,9 +1,5 @@
 """The summary tables (CSV for machines) and their Markdown reading (for people)."""
 
-from pifi.warm import warm_start
-
-warm_start(snakemake)  # the rest runs in a warm server's fork, if one is up (pifi.warm)
-
 from pifi.artifacts import write_text
 from pifi.job import start_job
 from pifi.summary import Bootstrap, build_tables, markdown_report

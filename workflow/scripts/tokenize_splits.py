@@ -1,13 +1,8 @@
 """Token ids of every split for one SLM: the training jobs read them instead of tokenizing."""
 
-from pifi.warm import warm_start
-
-warm_start(snakemake)  # the rest runs in a warm server's fork, if one is up (pifi.warm)
-
-import pandas as pd
 from transformers import AutoTokenizer
 
-from pifi.artifacts import write_safetensors
+from pifi.artifacts import read_parquet, write_safetensors
 from pifi.hidden import ensure_pad_token
 from pifi.job import start_job
 from pifi.model_sources import ModelRef
@@ -19,7 +14,7 @@ tokenizer = AutoTokenizer.from_pretrained(slm.path, trust_remote_code=slm.trust_
 ensure_pad_token(tokenizer)
 tensors = {}
 for split in SPLITS:
-    frame = pd.read_parquet(snakemake.input[split])
+    frame = read_parquet(snakemake.input[split])
     tensors.update(tokenize_split(tokenizer, frame, snakemake.params.max_length, split))
     lengths = tensors[f"{split}.lengths"]
     log.info("%s: %d rows, %d tokens (longest %d, %d truncated at %d)", split, len(frame), int(lengths.sum()),
