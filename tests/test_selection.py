@@ -1,4 +1,4 @@
-"""ILM layer selection (PC patching) against a plain re-implementation of DESIGN.md's algorithm."""
+"""ILM layer selection (PC patching) against a plain re-implementation of docs/design.md's algorithm."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from pifi.selection import (
 N_SAMPLES, HIDDEN, NUM_LAYERS, SIGNAL_LAYER = 200, 24, 4, 2
 
 
-# --- the reference: DESIGN.md "What the system does", steps 2-6, written out plainly -------------------
+# --- the reference: docs/design.md "Layer selection", steps 2-6, written out plainly -------------------
 
 def _reference_abs_pearson(a: np.ndarray, b: np.ndarray) -> float:
     if a.std() < 1e-8 or b.std() < 1e-8:

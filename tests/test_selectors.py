@@ -18,6 +18,7 @@ from pifi import selectors
 from pifi.selection import pc_patching_effects
 from pifi.selectors import (
     SELECTORS,
+    STATE_SELECTORS,
     LayerScores,
     best_layer,
     score_layers,
@@ -28,7 +29,7 @@ from pifi.selectors import (
 
 NUM_LAYERS, N_SAMPLES, HIDDEN = 4, 96, 20
 STRONG_LAYER, WEAK_LAYER = 2, 1
-INFORMATIVE = ["ilm_pc_patching", "probe_cv", "fisher", "silhouette", "mdl"]
+INFORMATIVE = ["ilm_pc_patching", "probe_cv", "fisher", "silhouette", "mdl", "logme", "ilm_v2"]
 
 
 def make_layers(num_classes: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -46,10 +47,19 @@ def make_layers(num_classes: int = 2, seed: int = 0) -> tuple[np.ndarray, np.nda
 # --- every selector -------------------------------------------------------------------------------------
 
 def test_selector_names():
-    assert SELECTORS == ("ilm_pc_patching", "probe_cv", "fisher", "silhouette", "mdl", "last", "middle")
+    assert STATE_SELECTORS == ("ilm_pc_patching", "probe_cv", "fisher", "silhouette", "mdl", "logme", "ilm_v2",
+                               "first", "last", "middle")
+    assert SELECTORS == (*STATE_SELECTORS, "plugin_probe")
 
 
-@pytest.mark.parametrize("name", SELECTORS)
+def test_plugin_probe_is_not_scored_from_pooled_states():
+    states, labels = make_layers()
+    with pytest.raises(ValueError, match="score_plugged_layers"):
+        score_layers("plugin_probe", states, labels)
+    assert selector_params("plugin_probe")["folds"] == 4
+
+
+@pytest.mark.parametrize("name", STATE_SELECTORS)
 def test_every_selector_gives_one_float_per_layer(name):
     states, labels = make_layers()
     result = score_layers_detailed(name, states, labels)
@@ -255,9 +265,11 @@ def test_mdl_rejects_a_bad_block_schedule(fractions):
 # --- baselines ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("num_layers, middle", [(4, 2), (5, 2), (1, 0)])
-def test_last_and_middle_baselines(num_layers, middle):
+def test_first_last_and_middle_baselines(num_layers, middle):
     states = np.zeros((num_layers, 6, 2))
     labels = np.array([0, 1] * 3)
+    assert best_layer(score_layers("first", states, labels)) == 0
+    assert score_layers("first", states, labels) == [-float(layer) for layer in range(num_layers)]
     assert score_layers("last", states, labels) == [float(layer) for layer in range(num_layers)]
     assert best_layer(score_layers("last", states, labels)) == num_layers - 1
     scores = score_layers("middle", states, labels)
@@ -367,3 +379,82 @@ def test_shapes_and_labels_are_checked():
         score_layers("fisher", states, np.zeros(N_SAMPLES, dtype=int))
     with pytest.raises(ValueError, match="no layer"):
         score_layers("last", [], labels)
+
+
+# --- logme ------------------------------------------------------------------------------------------------
+
+def direct_log_evidence(x: np.ndarray, y: np.ndarray, alpha: float, beta: float) -> float:
+    """Bayesian ridge regression's log evidence from its D x D posterior, no SVD (Bishop, eq. 3.86)."""
+    n, d = x.shape
+    a = alpha * np.eye(d) + beta * x.T @ x
+    mean = beta * np.linalg.solve(a, x.T @ y)
+    _, log_det = np.linalg.slogdet(a)
+    return (d / 2 * np.log(alpha) + n / 2 * np.log(beta) - beta / 2 * np.sum((y - x @ mean) ** 2)
+            - alpha / 2 * mean @ mean - log_det / 2 - n / 2 * np.log(2 * np.pi))
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_logme_is_the_maximised_evidence_per_sample(num_classes):
+    from scipy.optimize import minimize
+
+    n, d = 60, 8
+    rng = np.random.default_rng(num_classes)
+    labels = np.arange(n) % num_classes
+    x = rng.normal(size=(n, d)) + 1.5 * rng.normal(size=(num_classes, d))[labels]
+    score = score_layers("logme", x[None], labels, max_iter=500, tol=1e-10)[0]
+    expected = []
+    for k in range(num_classes):
+        y = (labels == k).astype(float)
+        best = minimize(lambda p: -direct_log_evidence(x, y, *np.exp(p)), x0=np.zeros(2), method="Nelder-Mead",
+                        options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 5000})
+        expected.append(-best.fun / n)
+    assert score == pytest.approx(np.mean(expected), rel=1e-6, abs=1e-8)
+
+
+def test_logme_with_more_features_than_samples_is_a_stationary_point_of_the_exact_evidence():
+    """With D > N the evidence grows towards beta -> inf; LogME takes the interior fixed point. There the
+    evidence (all D eigenvalues counted) equals the direct formula and its gradient vanishes."""
+    n, d = 20, 35
+    rng = np.random.default_rng(7)
+    labels = np.arange(n) % 2
+    x = rng.normal(size=(n, d)) + 1.5 * rng.normal(size=(2, d))[labels]
+    y = labels.astype(float)
+    evidence, alpha, beta, converged = selectors._logme_evidence(x, y, max_iter=1000, tol=1e-12)
+    assert converged
+    assert evidence == pytest.approx(direct_log_evidence(x, y, alpha, beta) / n, rel=1e-9)
+    step = 1e-4
+    for da, db in [(step, 0), (0, step)]:
+        up = direct_log_evidence(x, y, alpha * np.exp(da), beta * np.exp(db))
+        down = direct_log_evidence(x, y, alpha * np.exp(-da), beta * np.exp(-db))
+        # Not exactly 0: the fixed point keeps the reference's 1e-5 guards in alpha's and beta's updates,
+        # which matter where the residual is small. A non-stationary point has gradients of order 1-10 here.
+        assert abs(up - down) / (2 * step) < 1e-2
+
+
+def test_logme_prefers_separated_classes_and_reports_its_fixed_point():
+    states, labels = make_layers(seed=2)
+    result = score_layers_detailed("logme", states, labels)
+    assert best_layer(result.scores) == STRONG_LAYER
+    assert result.converged is None and result.details["fixed_point_converged"][STRONG_LAYER]
+    assert score_layers_detailed("logme", states, labels, max_iter=1).details["fixed_point_converged"] == [False] * 4
+
+
+# --- ilm_v2 -----------------------------------------------------------------------------------------------
+
+def test_ilm_v2_is_the_weighted_scaled_score_times_the_depth_penalty():
+    """Noise, then the same separated layer twice: scaled components 0, 1, 1 -> 0, 1 - 0.3 / 2, 1 - 0.3."""
+    states, labels = make_layers(seed=3)
+    layers = [states[0], states[STRONG_LAYER], states[STRONG_LAYER].copy()]
+    assert score_layers("ilm_v2", layers, labels) == pytest.approx([0.0, 0.85, 0.7])
+    assert score_layers("ilm_v2", layers, labels, depth_penalty=0.0) == pytest.approx([0.0, 1.0, 1.0])
+
+
+def test_ilm_v2_components_are_computed_on_l2_normalised_states():
+    states, labels = make_layers(seed=4)
+    norms = np.random.default_rng(0).uniform(0.1, 10, size=(1, N_SAMPLES, 1))
+    # Scaling each sample's state changes nothing after L2 normalisation.
+    assert score_layers("ilm_v2", states * norms, labels) == pytest.approx(score_layers("ilm_v2", states, labels))
+    details = score_layers_detailed("ilm_v2", states, labels).details
+    unit = states / np.linalg.norm(states, axis=2, keepdims=True)
+    assert details["probe_accuracy"] == pytest.approx(score_layers("probe_cv", unit, labels))
+    assert details["fisher"] == pytest.approx(score_layers("fisher", unit, labels))

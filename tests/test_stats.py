@@ -223,3 +223,25 @@ def test_spearman_undefined_cases_return_none():
     assert spearman([1.0, 2.0], accuracies) is None  # two common layers
     assert spearman([3.0, 3.0, 3.0], accuracies) is None  # constant scores
     assert spearman([1.0, 2.0, 3.0], {0: 0.5, 1: 0.5, 2: 0.5}) is None  # constant accuracies
+
+
+def test_kendall_tau_by_hand_and_undefined_cases():
+    from pifi.stats import kendall
+
+    # 4 layers: pairs (0,1) c, (0,2) c, (0,3) d, (1,2) c, (1,3) d, (2,3) d -> (3 - 3) / 6 = 0
+    assert kendall([1, 2, 3, 0.5], {0: 0.1, 1: 0.2, 2: 0.3, 3: 0.4}) == pytest.approx(0.0)
+    assert kendall([1, 2, 3, 4], {0: 0.1, 1: 0.2, 2: 0.3, 3: 0.4}) == pytest.approx(1.0)
+    assert kendall([1, 2], {0: 0.1, 1: 0.2}) is None  # fewer than 3 layers
+    assert kendall([1, 1, 1], {0: 0.1, 1: 0.2, 2: 0.3}) is None  # constant scores
+
+
+def test_oracle_in_top_k_counts_only_the_layers_asked_and_shares_ties():
+    from pifi.stats import in_top
+
+    scores = [0.1, 0.9, 0.8, 0.7, 0.2, 0.95]
+    swept = [0, 2, 4, 5]
+    assert in_top(3, 4, scores, swept)          # among 0, 2, 4, 5 it is third (0.95, 0.8, 0.2)
+    assert not in_top(3, 0, scores, swept)      # fourth
+    assert not in_top(3, 4, scores, range(6))   # among all six it is fifth
+    assert not in_top(3, 1, scores, swept)      # not a swept layer
+    assert in_top(1, 2, [0.5, 0.5, 0.5], [0, 1, 2])  # ties share the better place

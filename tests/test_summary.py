@@ -220,6 +220,9 @@ def test_selectors_regret_rank_and_spearman_match_hand_values(project):
         assert row["rank"] == rank, name
         assert row["n_swept"] == 3, name
         assert row["spearman_rho"] == pytest.approx(rho), name
+        # tau by hand: concordant - discordant of the 3 layer pairs, over 3 (last: 2 - 1)
+        assert row["kendall_tau"] == pytest.approx({1.0: 1.0, -1.0: -1.0, 0.5: 1 / 3}[rho]), name
+        assert row["oracle_in_top3"], name  # 3 swept layers: every one is in the top 3
     assert (selectors["probe_cv"]["regret_low"], selectors["probe_cv"]["regret_high"]) == (0.0, 0.0)
     assert not selectors["probe_cv"]["regret_significant"]
     assert selectors["ilm_pc_patching"]["regret_significant"]
@@ -234,6 +237,7 @@ def test_selector_with_untrained_layer_gets_no_regret(project):
     assert not row["regret_significant"]
     # its scores can still be set against the sweep: {0: 2, 2: 3, 5: 1} vs {0: .72, 2: .80, 5: .76}
     assert row["spearman_rho"] == pytest.approx(0.5)
+    assert row["kendall_tau"] == pytest.approx(1 / 3)  # pairs (0,2) and (2,5) concordant, (0,5) not
 
 
 def test_selectors_record_driver_margin_stability_and_convergence(project):
@@ -336,15 +340,15 @@ def test_markdown_report_carries_the_key_numbers(project):
     assert f"| pifi_ilm − base | **{verdict}** |" in report  # significant: in bold
     ilm = next(line for line in lines if line.startswith("| sst2 | tiny_bert | tiny_qwen | **ilm_pc_patching** |"))
     cells = [c.strip() for c in ilm.split("|")[1:-1]]
-    # layer, oracle, regret (pts, * = significant), interval, rank, rho, win rate, modal, converged
+    # layer, oracle, regret (pts, * = significant), interval, rank, rho, tau, top 3, win rate, modal, converged
     assert cells[4:6] == ["0", "2"]
     assert cells[6] == "+5.00*"
-    assert cells[8:] == ["3/3", "-1.00", "60%", "0", "True"]
+    assert cells[8:] == ["3/3", "-1.00", "-1.00", "yes", "60%", "0", "True"]
     probe = next(line for line in lines if "| probe_cv |" in line)
     assert "| +0.00 | +0.00 to +0.00 | 1/3 | +1.00 |" in probe
     silhouette = next(line for line in lines if "| silhouette |" in line)
     cells = [c.strip() for c in silhouette.split("|")[1:-1]]
-    assert cells[4:11] == ["3", "2", "-", "-", "-", "+0.50", "-"]
+    assert cells[4:12] == ["3", "2", "-", "-", "-", "+0.50", "+0.33", "yes"]
     assert "nan" not in report.lower()
     assert "| sst2 | tiny_bert | tiny_qwen | 1 | no | 3 | 95.00 | 95.00 |" in report
     assert "| sst2 | tiny_bert | tiny_qwen | 2 | yes | 3 | 80.00 | 75.00 |" in report

@@ -139,12 +139,15 @@ def check_data_limits(info: Mapping[str, Any], selection: Mapping[str, Any], sel
     # this), and of a stability subset drawn from those rows (at random: allow for an unlucky draw).
     smallest_class = min(n * c // rows for c in counts.values()) if rows else 0
     subset = stability_subset_size(selection) if selection.get("stability_resamples") else n
-    folds = ((selection.get("selector_params") or {}).get("probe_cv") or {}).get("folds", 5)
-    needed = folds if subset == n else max(folds, int(folds * n / subset + 0.999))
-    if "probe_cv" in selectors and n <= rows and needed > smallest_class:
-        problems.append(f"selector probe_cv: {folds} folds need {folds} rows of every class in every (sub)sample, "
-                        f"but the smallest class of {dataset!r} gets about {smallest_class} of the {n} samples; "
-                        "raise n_samples or lower selection.selector_params.probe_cv.folds")
+    params = selection.get("selector_params") or {}
+    # Selectors with a stratified k-fold; plugin_probe has no stability subsets (each one would retrain it).
+    for name, default_folds, resampled in (("probe_cv", 5, True), ("ilm_v2", 5, True), ("plugin_probe", 4, False)):
+        folds = (params.get(name) or {}).get("folds", default_folds)
+        needed = folds if subset == n or not resampled else max(folds, int(folds * n / subset + 0.999))
+        if name in selectors and n <= rows and needed > smallest_class:
+            problems.append(f"selector {name}: {folds} folds need {folds} rows of every class in every (sub)sample, "
+                            f"but the smallest class of {dataset!r} gets about {smallest_class} of the {n} samples; "
+                            f"raise n_samples or lower selection.selector_params.{name}.folds")
     if problems:
         raise ConfigError(f"dataset {dataset!r}: selection limits broken:\n  " + "\n  ".join(problems))
 
@@ -156,10 +159,11 @@ def check_llm_limits(manifest: Mapping[str, Any], selection: Mapping[str, Any], 
     if selection["n_pcs"] > hidden:
         problems.append(f"selection.n_pcs ({selection['n_pcs']}) is larger than the hidden size {hidden} of {name!r}")
     subset = stability_subset_size(selection) if selection.get("stability_resamples") else selection["n_samples"]
-    components = ((selection.get("selector_params") or {}).get("silhouette") or {}).get("n_components", 16)
-    if "silhouette" in selectors and components > min(subset, hidden):
-        problems.append(f"selector silhouette: n_components {components} is more than a (sub)sample of {subset} "
-                        f"rows or the hidden size {hidden} of {name!r}; lower "
-                        "selection.selector_params.silhouette.n_components")
+    for selector in ("silhouette", "ilm_v2"):
+        components = ((selection.get("selector_params") or {}).get(selector) or {}).get("n_components", 16)
+        if selector in selectors and components > min(subset, hidden):
+            problems.append(f"selector {selector}: n_components {components} is more than a (sub)sample of {subset} "
+                            f"rows or the hidden size {hidden} of {name!r}; lower "
+                            f"selection.selector_params.{selector}.n_components")
     if problems:
         raise ConfigError(f"LLM {name!r}: selection limits broken:\n  " + "\n  ".join(problems))

@@ -1,7 +1,7 @@
 """Layer selectors: one score per decoder layer from its pooled states and the labels (higher = better).
 
 The pipeline plugs the best-scoring layer into PiFi and later judges each selector against a
-training sweep over all layers (DESIGN.md, "Judging a selector"). Every selector uses only the
+training sweep over all layers (docs/design.md, "Judging a selector"). Every selector uses only the
 cached states (L x N x H) and integer labels; none trains the SLM.
 
     ilm_pc_patching  the seed's PC-patching effect (pifi.selection), unchanged
@@ -9,7 +9,13 @@ cached states (L x N x H) and integer labels; none trains the SLM.
     fisher           trace Fisher ratio tr(S_b) / tr(S_w) on z-scored states
     silhouette       silhouette of the classes on standardized, PCA-reduced states
     mdl              minus the online code length of a probe (Voita & Titov 2020), in bits
-    last, middle     baselines: the last layer, layer L // 2
+    logme            LogME evidence per sample (You et al. 2021), mean over one-vs-rest targets
+    ilm_v2           the seed authors' later score: 0.4 probe + 0.3 fisher + 0.3 silhouette on
+                     L2-normalised states, each min-max scaled over layers, times a depth penalty
+    first, last, middle  baselines: layer 0, the last layer, layer L // 2
+    plugin_probe     the layer as PiFi uses it (pifi.plugin_probe): needs the SLM's CLS vectors and
+                     the LLM's weights, not the pooled states, so it has its own entry point,
+                     ``score_plugged_layers``, and its own rule
 
 Probe fits never print scikit-learn's ConvergenceWarning; whether they converged is returned per
 layer in ``LayerScores.converged`` so that callers can log it once.
@@ -19,22 +25,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 from scipy.special import log_softmax
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import silhouette_score
+from sklearn.metrics import calinski_harabasz_score, silhouette_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from pifi.selection import ConvergenceWatch, best_layer, layer_effects
 
-__all__ = ["SELECTORS", "LayerScores", "best_layer", "score_layers", "score_layers_detailed",
-           "selection_stability", "selector_params"]
+__all__ = ["PLUGIN_PROBE", "SELECTORS", "STATE_SELECTORS", "LayerScores", "best_layer", "score_layers",
+           "score_layers_detailed", "score_plugged_layers", "selection_stability", "selector_params"]
 
 PROBE_MAX_ITER = 1000  # the probes of probe_cv and mdl, as the seed's LogisticRegression(max_iter=1000)
 
@@ -127,17 +133,26 @@ def _standardized(x: np.ndarray) -> np.ndarray:
 
 
 def _fisher_ratio(x: np.ndarray, labels: np.ndarray) -> float:
-    """tr(S_b) / tr(S_w) on z-scored features; inf when every row sits on its class mean."""
+    """tr(S_b) / tr(S_w) on z-scored features; inf when every row sits on its class mean.
+
+    scikit-learn's Calinski-Harabasz index is this ratio times (N - C) / (C - 1), a constant for one
+    set of samples: rescaled, it keeps the plain ratio (comparable across sample sizes) and its ranking.
+    """
     z = _standardized(x)
     if z.shape[1] == 0:
         return 0.0
-    between = within = 0.0
+    classes = np.unique(labels).size
+    if not np.any(z - _class_means(z, labels)):
+        return math.inf  # scikit-learn returns 1.0 here; a perfect separation should win, not tie
+    return float(calinski_harabasz_score(z, labels)) * (classes - 1) / (len(labels) - classes)
+
+
+def _class_means(z: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each row replaced by its class's mean row."""
+    means = np.empty_like(z)
     for k in np.unique(labels):
-        rows = z[labels == k]
-        centre = rows.mean(axis=0)
-        between += len(rows) * float(centre @ centre)  # the overall mean is 0 after z-scoring
-        within += float(((rows - centre) ** 2).sum())
-    return between / within if within > 0 else math.inf
+        means[labels == k] = z[labels == k].mean(axis=0)
+    return means
 
 
 def _fisher(layers: list[np.ndarray], labels: np.ndarray) -> _Result:
@@ -218,7 +233,92 @@ def _mdl(layers: list[np.ndarray], labels: np.ndarray, *, fractions: Sequence[fl
     return [-bits for bits in code_length], [ok for _, ok in results], details
 
 
+# --- logme (You et al., ICML 2021) -----------------------------------------------------------------------
+
+def _logme_evidence(x: np.ndarray, target: np.ndarray, *, max_iter: int,
+                    tol: float) -> tuple[float, float, float, bool]:
+    """Log evidence per sample of Bayesian ridge regression target ~ N(x w, 1/beta), w ~ N(0, I/alpha), at
+    the alpha, beta that maximise it (You et al.'s fixed point, computed in the SVD basis of x).
+
+    The log-determinant counts every one of the D eigenvalues of alpha I + beta x'x, the D - k zero ones
+    (k = min(N, D)) included: the paper's reference code drops those, which only matters when D > N.
+    With D > N the evidence keeps growing towards beta -> inf (the targets can be interpolated); the
+    fixed point is its interior stationary point, as in the paper. Returns (evidence / N, alpha, beta,
+    converged).
+    """
+    n, d = x.shape
+    u, s, _ = np.linalg.svd(x, full_matrices=False)
+    sigma = s ** 2
+    projected = u.T @ target
+    projected2 = projected ** 2
+    outside = float(target @ target - projected2.sum())  # the part of the target outside x's column space
+    alpha, beta, converged = 1.0, 1.0, False
+    for _ in range(max_iter):
+        t = alpha / beta
+        gamma = float((sigma / (sigma + t)).sum())
+        weight_norm2 = float((sigma * projected2 / (sigma + t) ** 2).sum())
+        residual2 = float((projected2 / (1 + sigma / t) ** 2).sum()) + outside
+        alpha = gamma / (weight_norm2 + 1e-5)
+        beta = (n - gamma) / (residual2 + 1e-5)
+        if abs(alpha / beta - t) / t <= tol:
+            converged = True
+            break
+    t = alpha / beta
+    weight_norm2 = float((sigma * projected2 / (sigma + t) ** 2).sum())
+    residual2 = float((projected2 / (1 + sigma / t) ** 2).sum()) + outside
+    log_det = float(np.log(alpha + beta * sigma).sum()) + (d - sigma.size) * math.log(alpha)
+    evidence = (d / 2 * math.log(alpha) + n / 2 * math.log(beta) - log_det / 2 - beta / 2 * residual2
+                - alpha / 2 * weight_norm2 - n / 2 * math.log(2 * math.pi))
+    return evidence / n, alpha, beta, converged
+
+
+def _logme(layers: list[np.ndarray], labels: np.ndarray, *, max_iter: int, tol: float) -> _Result:
+    classes = np.unique(labels)
+    scores, converged = [], []
+    for x in layers:
+        x = np.asarray(x, dtype=np.float64)
+        per_class = [_logme_evidence(x, (labels == k).astype(np.float64), max_iter=max_iter, tol=tol)
+                     for k in classes]
+        scores.append(float(np.mean([evidence for evidence, *_ in per_class])))
+        converged.append(all(ok for *_, ok in per_class))
+    # The reference stops after 11 rounds whether or not the fixed point settled (on noise, alpha grows
+    # without bound): recorded, but not reported as a probe's failure to converge.
+    return scores, None, {"fixed_point_converged": converged}
+
+
+# --- ilm_v2 (the seed authors' later score) ---------------------------------------------------------------
+
+def _min_max(scores: Sequence[float]) -> np.ndarray:
+    """Scaled to [0, 1] over layers; all zeros when every layer scores the same (no layer is preferred)."""
+    values = np.asarray(scores, dtype=np.float64)
+    values = np.where(np.isposinf(values), np.nanmax(values[np.isfinite(values)], initial=0.0) + 1, values)
+    spread = values.max() - values.min()
+    return (values - values.min()) / spread if spread > 0 else np.zeros_like(values)
+
+
+def _l2_normalised(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
+
+
+def _ilm_v2(layers: list[np.ndarray], labels: np.ndarray, *, folds: int, n_components: int,
+            depth_penalty: float, seed: int) -> _Result:
+    normalised = [_l2_normalised(x) for x in layers]
+    probe, converged, _ = _probe_cv(normalised, labels, folds=folds, seed=seed)
+    fisher, _, _ = _fisher(normalised, labels)
+    silhouette, _, _ = _silhouette(normalised, labels, n_components=n_components, seed=seed)
+    combined = 0.4 * _min_max(probe) + 0.3 * _min_max(fisher) + 0.3 * _min_max(silhouette)
+    depth = np.arange(len(layers)) / max(len(layers) - 1, 1)
+    scores = combined * (1 - depth_penalty * depth)
+    details = {"probe_accuracy": probe, "fisher": fisher, "silhouette": silhouette, "combined": combined.tolist()}
+    return scores.tolist(), converged, details
+
+
 # --- baselines --------------------------------------------------------------------------------------------
+
+def _first(layers: list[np.ndarray], labels: np.ndarray) -> _Result:
+    return [-float(layer) for layer in range(len(layers))], None, {}
+
 
 def _last(layers: list[np.ndarray], labels: np.ndarray) -> _Result:
     return [float(layer) for layer in range(len(layers))], None, {}
@@ -245,14 +345,24 @@ _REGISTRY: dict[str, _Selector] = {
     # Blocks double in size as in Voita & Titov; the first (5% of N, 20 of 400 rows) is sent in the uniform
     # code and gives the first probe a few rows of every class.
     "mdl": _Selector(_mdl, {"fractions": (0.05, 0.1, 0.2, 0.4, 0.8, 1.0), "seed": 0}),
+    # LogME's fixed point as in the paper's reference code (at most 11 rounds, relative tolerance 1e-3).
+    "logme": _Selector(_logme, {"max_iter": 11, "tol": 1e-3}),
+    # The seed authors' weights and penalty (1 - 0.3 l / (L - 1)); probe and silhouette as probe_cv's.
+    "ilm_v2": _Selector(_ilm_v2, {"folds": 5, "n_components": 16, "depth_penalty": 0.3, "seed": 0}),
+    "first": _Selector(_first, {}),
     "last": _Selector(_last, {}),
     "middle": _Selector(_middle, {}),
 }
 
-SELECTORS: tuple[str, ...] = tuple(_REGISTRY)
+PLUGIN_PROBE = "plugin_probe"  # scores the layer as PiFi uses it: CLS vectors and layer weights, not states
+STATE_SELECTORS: tuple[str, ...] = tuple(_REGISTRY)  # the ones score_layers computes from pooled states
+SELECTORS: tuple[str, ...] = (*STATE_SELECTORS, PLUGIN_PROBE)
 
 
 def _selector(name: str) -> _Selector:
+    if name == PLUGIN_PROBE:
+        raise ValueError(f"{PLUGIN_PROBE} scores layers from the SLM's CLS vectors and the LLM's weights, not from "
+                         "pooled states: call pifi.selectors.score_plugged_layers(features, labels, llm_path)")
     if name not in _REGISTRY:
         raise ValueError(f"unknown selector {name!r}; choose one of {', '.join(SELECTORS)}")
     return _REGISTRY[name]
@@ -269,7 +379,18 @@ def _with_defaults(name: str, params: dict[str, Any]) -> dict[str, Any]:
 
 def selector_params(name: str) -> dict:
     """The default parameters of selector ``name`` (a copy), so that a run can record what it used."""
+    if name == PLUGIN_PROBE:
+        from pifi.plugin_probe import PluginProbeParams
+
+        return asdict(PluginProbeParams())
     return dict(_selector(name).defaults)
+
+
+def score_plugged_layers(features, labels, llm_path, *, layers=None, **params) -> list[float]:
+    """plugin_probe's score per layer (higher = better); see ``pifi.plugin_probe.score_plugged_layers``."""
+    from pifi.plugin_probe import score_plugged_layers as score
+
+    return score(features, labels, llm_path, layers=layers, **params)
 
 
 def score_layers_detailed(name: str, states: States, labels: Labels, **params) -> LayerScores:

@@ -1,4 +1,4 @@
-"""Honest statistics for judging methods and layer selectors (DESIGN.md, "Judging a selector").
+"""Honest statistics for judging methods and layer selectors (docs/design.md, "Judging a selector").
 
 Accuracy intervals come from a bootstrap over *both* sources of variation we have: the test rows
 and the training seeds. Each resample draws S seeds with replacement and R rows with replacement
@@ -17,11 +17,11 @@ resamples, seed indices ``rng.integers(0, S, size=(n, S))`` and then row indices
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import spearmanr
+from scipy.stats import kendalltau, spearmanr
 
 # Three float64/int64 arrays of chunk x rows live at once while a chunk is resampled.
 _CHUNK_MEMORY_BYTES = 150_000_000
@@ -202,6 +202,20 @@ def _by_layer(values: Mapping[int, float] | Sequence[float]) -> Mapping[int, flo
     return values if isinstance(values, Mapping) else dict(enumerate(values))
 
 
+def _paired_by_layer(scores_by_layer: Mapping[int, float] | Sequence[float],
+                     val_acc_by_layer: Mapping[int, float]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Scores and accuracies of the layers finite on both sides; None when fewer than 3 remain or either
+    side is constant there (a rank correlation is undefined)."""
+    scores = _finite_layers(_by_layer(scores_by_layer))
+    accuracies = _finite_layers(val_acc_by_layer)
+    layers = sorted(scores.keys() & accuracies.keys())
+    x = np.array([scores[layer] for layer in layers])
+    y = np.array([accuracies[layer] for layer in layers])
+    if len(layers) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    return x, y
+
+
 def spearman(scores_by_layer: Mapping[int, float] | Sequence[float],
              val_acc_by_layer: Mapping[int, float]) -> float | None:
     """Spearman rho between a selector's layer scores and the sweep's mean validation accuracy.
@@ -210,11 +224,22 @@ def spearman(scores_by_layer: Mapping[int, float] | Sequence[float],
     finite value on both sides count. None when fewer than 3 layers remain or either side is
     constant there (rho is undefined).
     """
-    scores = _finite_layers(_by_layer(scores_by_layer))
-    accuracies = _finite_layers(val_acc_by_layer)
-    layers = sorted(scores.keys() & accuracies.keys())
-    x = np.array([scores[layer] for layer in layers])
-    y = np.array([accuracies[layer] for layer in layers])
-    if len(layers) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return None
-    return float(spearmanr(x, y).statistic)
+    paired = _paired_by_layer(scores_by_layer, val_acc_by_layer)
+    return None if paired is None else float(spearmanr(*paired).statistic)
+
+
+def kendall(scores_by_layer: Mapping[int, float] | Sequence[float],
+            val_acc_by_layer: Mapping[int, float]) -> float | None:
+    """Kendall tau-b between a selector's layer scores and the sweep's validation accuracy (as ``spearman``)."""
+    paired = _paired_by_layer(scores_by_layer, val_acc_by_layer)
+    return None if paired is None else float(kendalltau(*paired).statistic)
+
+
+def in_top(k: int, layer: int, scores_by_layer: Mapping[int, float] | Sequence[float],
+           among: Iterable[int]) -> bool:
+    """Is ``layer`` among the ``k`` best-scored of the layers ``among`` (ties share the better place)?"""
+    scores = _by_layer(scores_by_layer)
+    candidates = [other for other in among if other in scores and math.isfinite(scores[other])]
+    if layer not in candidates:
+        return False
+    return 1 + sum(scores[other] > scores[layer] for other in candidates if other != layer) <= k

@@ -7,7 +7,8 @@ From every run's metrics and saved test predictions, per dataset x SLM x LLM:
   interval excludes 0;
 - ``layers``: the sweep per layer (validation and test accuracy with intervals);
 - ``selectors``: every selector's choice, its regret against the oracle, its rank in the sweep,
-  the Spearman rho of its scores with the sweep's validation accuracy, and its stability;
+  the Spearman rho and Kendall tau of its scores with the sweep's validation accuracy, whether the
+  oracle is among its 3 best-scored swept layers, and its stability;
 - ``selector_scores``: every selector's score per layer (for the figures).
 The oracle layer is the best swept layer by mean *validation* accuracy; its *test* accuracy is the bar.
 """
@@ -23,9 +24,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from pifi.artifacts import read_json
+from pifi.artifacts import read_json, read_parquet
 from pifi.config import sweep_layer_set
-from pifi.stats import Comparison, accuracy_ci, compare, oracle_layer, rank_of, spearman
+from pifi.stats import Comparison, accuracy_ci, compare, in_top, kendall, oracle_layer, rank_of, spearman
 
 METRICS = ("accuracy", "macro_f1", "mcc")
 METHOD_ORDER = ("base", "pifi_last", "pifi_ilm", "pifi_oracle")
@@ -58,7 +59,7 @@ def correctness(runs: pd.DataFrame) -> np.ndarray:
     """Seeds x rows 0/1 matrix of the runs' test predictions, seeds sorted, rows by row id."""
     matrices = []
     for path in runs.sort_values("seed")["predictions"]:
-        frame = pd.read_parquet(path, columns=["row_id", "label", "prediction"]).sort_values("row_id")
+        frame = read_parquet(path, columns=["row_id", "label", "prediction"]).sort_values("row_id")
         matrices.append((frame["label"] == frame["prediction"]).to_numpy(dtype=np.int8))
     return np.stack(matrices)
 
@@ -157,8 +158,8 @@ def _t_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
 
 
 SELECTOR_COLUMNS = ["dataset", "slm", "llm", "selector", "drives_pifi_ilm", "layer", "margin", "win_rate",
-                    "modal_layer", "converged", "oracle_layer", "rank", "n_swept", "spearman_rho", "regret",
-                    "regret_low", "regret_high", "regret_significant"]
+                    "modal_layer", "converged", "oracle_layer", "rank", "n_swept", "spearman_rho", "kendall_tau",
+                    "oracle_in_top3", "regret", "regret_low", "regret_high", "regret_significant"]
 
 
 def selectors_table(runs: pd.DataFrame, selections: Mapping[tuple, Mapping], scores: Mapping[tuple, Mapping],
@@ -177,10 +178,14 @@ def selectors_table(runs: pd.DataFrame, selections: Mapping[tuple, Mapping], sco
                    "win_rate": choice["win_rate"], "modal_layer": choice["modal_layer"],
                    "converged": _all_converged(scores.get((dataset, slm, llm, name))),
                    "oracle_layer": oracle, "rank": None, "n_swept": len(val_by_layer) or None, "spearman_rho": None,
-                   "regret": None, "regret_low": None, "regret_high": None, "regret_significant": None}
+                   "kendall_tau": None, "oracle_in_top3": None, "regret": None, "regret_low": None,
+                   "regret_high": None, "regret_significant": None}
             report = scores.get((dataset, slm, llm, name))
-            if oracle is not None and report is not None:  # rho needs the scores, not the chosen layer's runs
-                row["spearman_rho"] = spearman(report["scores"], val_by_layer)
+            if oracle is not None and report is not None:  # these need the scores, not the chosen layer's runs
+                row.update(spearman_rho=spearman(report["scores"], val_by_layer),
+                           kendall_tau=kendall(report["scores"], val_by_layer),
+                           # among the swept layers: the ones the oracle was chosen from
+                           oracle_in_top3=in_top(3, oracle, report["scores"], val_by_layer))
             chosen_runs = group[group["llm_layer"] == layer]
             if oracle is not None and len(chosen_runs):
                 regret = _compare(group[group["llm_layer"] == oracle], chosen_runs, boot)
@@ -250,6 +255,10 @@ def _pct(value: float) -> str:
     return f"{100 * value:.2f}"
 
 
+def _yes_no(value: Any) -> str:
+    return "-" if value is None or pd.isna(value) else ("yes" if value else "no")
+
+
 def _maybe(value: Any, fmt: str = "{}") -> str:
     return "-" if value is None or (isinstance(value, float) and np.isnan(value)) else fmt.format(value)
 
@@ -281,11 +290,12 @@ def markdown_report(tables: Mapping[str, pd.DataFrame], *, confidence: float = 0
                   "Regret = test accuracy of the oracle layer − test accuracy of the selector's layer, in points, "
                   f"with its {level} paired interval (* = the interval excludes 0: the selector's layer is really "
                   "worse). Rank = the chosen layer's place among the swept layers by validation accuracy. "
-                  "ρ = Spearman correlation of the selector's scores with the sweep's validation accuracy. "
+                  "ρ and τ = Spearman and Kendall correlations of the selector's scores with the sweep's validation "
+                  "accuracy; top 3 = the oracle is among the selector's 3 best-scored swept layers. "
                   "Win rate = share of resampled selections the chosen layer also won; modal = the layer that won "
                   "most often.", "",
-                  "| dataset | SLM | LLM | selector | layer | oracle | regret (pts) | interval | rank | ρ | win rate | modal | probes converged |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| dataset | SLM | LLM | selector | layer | oracle | regret (pts) | interval | rank | ρ | τ | top 3 | win rate | modal | probes converged |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in tables["selectors"].itertuples():
             name = f"**{r.selector}**" if r.drives_pifi_ilm else r.selector
             no_regret = _maybe(r.regret) == "-"  # None, or NaN where other selectors have a regret
@@ -295,6 +305,7 @@ def markdown_report(tables: Mapping[str, pd.DataFrame], *, confidence: float = 0
             rank = "-" if r.rank is None or pd.isna(r.rank) else f"{int(r.rank)}/{int(r.n_swept)}"
             lines.append(f"| {r.dataset} | {r.slm} | {r.llm} | {name} | {r.layer} | {_maybe(r.oracle_layer, '{:.0f}')} | "
                          f"{regret}{star} | {interval} | {rank} | {_maybe(r.spearman_rho, '{:+.2f}')} | "
+                         f"{_maybe(r.kendall_tau, '{:+.2f}')} | {_yes_no(r.oracle_in_top3)} | "
                          f"{_maybe(r.win_rate, '{:.0%}')} | {_maybe(r.modal_layer, '{:.0f}')} | {_maybe(r.converged)} |")
         lines += ["", "The selector in bold drives `pifi_ilm`."]
     if len(tables["layers"]):

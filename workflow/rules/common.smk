@@ -29,6 +29,7 @@ SELECTION = config["selection"]
 # The selector that drives pifi_ilm is always computed; the others are compared beside it.
 SELECTORS = list(dict.fromkeys([SELECTION["selector"], *SELECTION["selectors"]]))
 PATCHING = "ilm_pc_patching"  # the seed's score: its own rule, the seed's file format
+PLUGIN_PROBE = "plugin_probe"  # the layer as PiFi uses it: CLS vectors and layer weights, its own rules
 
 
 wildcard_constraints:
@@ -110,7 +111,9 @@ def slm_manifest(wildcards):
 def llm_facts(llm):
     """An LLM's manifest, once prepare_model (a checkpoint) has described it; the selection settings
     that depend on its size (n_pcs, silhouette components) are checked here, before any job needs them."""
-    manifest = read_json(checkpoints.prepare_model.get(model=llm).output.manifest)
+    path = checkpoints.prepare_model.get(model=llm).output.manifest
+    with stop_on(ArtifactError):  # a changed manifest stops the run with one line naming it
+        manifest = read_json(path)
     if llm not in _CHECKED_LLMS:
         with stop_on(ConfigError):
             check_llm_limits(manifest, SELECTION, SELECTORS)
@@ -133,7 +136,7 @@ def checked_data(dataset):
     workflow before any training or extraction job of the dataset is scheduled."""
     info = checkpoints.prepare_data.get(dataset=dataset).output.info
     if dataset not in _CHECKED_DATA:
-        with stop_on(ConfigError):
+        with stop_on(ConfigError, ArtifactError):
             check_data_limits(read_json(info), SELECTION, SELECTORS, dataset=dataset)
         _CHECKED_DATA.add(dataset)
     return info
@@ -162,13 +165,18 @@ def selection_file(dataset, slm, llm):
 def selected_layers(dataset, slm, llm):
     """{selector: chosen layer} for every computed selector, known once select_layer (a checkpoint) ran."""
     path = checkpoints.select_layer.get(dataset=dataset, slm=slm, llm=llm).output.selection
-    return {name: choice["layer"] for name, choice in read_json(path)["choices"].items()}
+    with stop_on(ArtifactError):
+        selection = read_json(path)
+    return {name: choice["layer"] for name, choice in selection["choices"].items()}
 
 
 def scores_file(dataset, slm, llm, selector):
-    """The seed's effects file for PC patching, one scores file per other selector."""
+    """The seed's effects file for PC patching, one scores file per other selector (per SLM too for
+    plugin_probe, which trains on the SLM's CLS vectors; the others read only the LLM's states)."""
     if selector == PATCHING:
         return f"results/selection/{dataset}/{slm}/{llm}/effects.json"
+    if selector == PLUGIN_PROBE:
+        return f"results/selection/{dataset}/{slm}/{llm}/scores/{PLUGIN_PROBE}.json"
     return f"results/selection/{dataset}/{llm}/scores/{selector}.json"
 
 
@@ -178,6 +186,10 @@ def selection_scores(wildcards):
 
 def selector_params(wildcards):
     return SELECTION["selector_params"].get(wildcards.selector, {})
+
+
+def plugin_probe_params(wildcards):
+    return SELECTION["selector_params"].get(PLUGIN_PROBE, {})
 
 
 def planned_layers(llm):

@@ -1,5 +1,6 @@
-# Selectors turn the cached pooled states into one score per layer (no training): the seed's PC
-# patching (fit_pca + layer_effects, in the seed's file format) and the others (layer_scores).
+# Selectors turn the cached pooled states into one score per layer (no SLM training): the seed's PC
+# patching (fit_pca + layer_effects, in the seed's file format) and the others (layer_scores);
+# plugin_probe instead trains PiFi's plug-in on the frozen SLM's CLS vectors through each layer.
 rule fit_pca:
     input:
         states=verified("results/hidden/{dataset}/{llm}/states.safetensors"),
@@ -7,6 +8,8 @@ rule fit_pca:
         pca="results/pca/{dataset}/{llm}/pca.safetensors",
     log:
         "results/logs/pca/{dataset}/{llm}.log",
+    benchmark:
+        "results/benchmarks/pca/{dataset}/{llm}.tsv"
     params:
         n_pcs=SELECTION["n_pcs"],
         code=code_version("fit_pca.py"),
@@ -25,6 +28,8 @@ rule layer_effects:
         effects="results/selection/{dataset}/{slm}/{llm}/effects.json",
     log:
         "results/logs/selection/{dataset}/{slm}/{llm}/effects.log",
+    benchmark:
+        "results/benchmarks/selection/{dataset}/{slm}/{llm}/effects.tsv"
     params:
         top_pc=SELECTION["top_pc"],
         lambdas=SELECTION["lambdas"],
@@ -46,8 +51,10 @@ rule layer_scores:
         scores="results/selection/{dataset}/{llm}/scores/{selector}.json",
     log:
         "results/logs/selection/{dataset}/{llm}/{selector}.log",
+    benchmark:
+        "results/benchmarks/selection/{dataset}/{llm}/{selector}.tsv"
     wildcard_constraints:
-        selector="|".join(re.escape(s) for s in SELECTORS if s != PATCHING) or "^$",
+        selector="|".join(re.escape(s) for s in SELECTORS if s not in (PATCHING, PLUGIN_PROBE)) or "^$",
     params:
         selector_params=selector_params,
         seed=SELECTION["seed"],
@@ -60,6 +67,53 @@ rule layer_scores:
         "../scripts/layer_scores.py"
 
 
+rule cls_features:
+    input:
+        unpack(extraction_inputs),
+        slm=slm_manifest,
+    output:
+        features="results/features/{dataset}/{slm}/cls.safetensors",
+    log:
+        "results/logs/features/{dataset}/{slm}.log",
+    benchmark:
+        "results/benchmarks/features/{dataset}/{slm}.tsv"
+    params:
+        n_samples=SELECTION["n_samples"],
+        seed=SELECTION["seed"],
+        max_length=config["training"]["max_length"],  # the CLS vector PiFi sees: the SLM's own input length
+        device=config["device"],
+        code=code_version("cls_features.py"),
+    resources:
+        gpu=1,
+    conda:
+        "../../envs/pifi.yaml"
+    script:
+        "../scripts/cls_features.py"
+
+
+rule plugin_probe:
+    input:
+        features=verified("results/features/{dataset}/{slm}/cls.safetensors"),
+        llm=checked_llm_manifest,
+    output:
+        scores=f"results/selection/{{dataset}}/{{slm}}/{{llm}}/scores/{PLUGIN_PROBE}.json",
+    log:
+        "results/logs/selection/{dataset}/{slm}/{llm}/plugin_probe.log",
+    benchmark:
+        "results/benchmarks/selection/{dataset}/{slm}/{llm}/plugin_probe.tsv"
+    params:
+        selector_params=plugin_probe_params,
+        seed=SELECTION["seed"],
+        device=config["device"],
+        code=code_version("plugin_probe.py"),
+    resources:
+        gpu=1,
+    conda:
+        "../../envs/pifi.yaml"
+    script:
+        "../scripts/plugin_probe.py"
+
+
 # A checkpoint: which layers get trained depends on what the selectors chose.
 checkpoint select_layer:
     input:
@@ -68,6 +122,8 @@ checkpoint select_layer:
         selection="results/selection/{dataset}/{slm}/{llm}/selection.json",
     log:
         "results/logs/selection/{dataset}/{slm}/{llm}/selection.log",
+    benchmark:
+        "results/benchmarks/selection/{dataset}/{slm}/{llm}/selection.tsv"
     params:
         selector=SELECTION["selector"],
         code=code_version("select_layer.py"),

@@ -20,6 +20,8 @@ rule train_base:
         timings="results/runs/{dataset}/{slm}/base/seed{seed}/timings.json",
     log:
         "results/logs/runs/{dataset}/{slm}/base/seed{seed}/train.log",
+    benchmark:
+        "results/benchmarks/runs/{dataset}/{slm}/base/seed{seed}/train.tsv"
     params:
         **TRAINING_PARAMS,
     resources:
@@ -42,6 +44,8 @@ rule train_pifi:
         timings="results/runs/{dataset}/{slm}/pifi/{llm}/layer{layer}/seed{seed}/timings.json",
     log:
         "results/logs/runs/{dataset}/{slm}/pifi/{llm}/layer{layer}/seed{seed}/train.log",
+    benchmark:
+        "results/benchmarks/runs/{dataset}/{slm}/pifi/{llm}/layer{layer}/seed{seed}/train.tsv"
     params:
         **TRAINING_PARAMS,
     resources:
