@@ -19,6 +19,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from pifi.model import ModelSpec
+from pifi.selection import load_pcas
 from tiny_project import LLM_LAYERS, REPO, write_tiny_project
 
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
@@ -116,7 +118,7 @@ def test_pifi_ilm_is_the_run_of_the_selected_layer(project):
         assert row["llm_layer"].astype(str).tolist() == [str(selection["layer"])]
         metrics = files(workdir, f"results/runs/{selection['dataset']}/*/pifi/*/layer{selection['layer']}/seed*/metrics.json")
         assert {json.loads(m.read_text())["llm_layer"] for m in metrics} == {selection["layer"]}
-        assert set(selection["choices"]) == {"ilm_pc_patching", "fisher", "middle"}
+        assert set(selection["choices"]) == {"ilm_pc_patching", "fisher", "middle", "plugin_probe"}
         assert selection["choices"]["middle"]["layer"] == LLM_LAYERS // 2
 
 
@@ -136,8 +138,10 @@ def test_each_layer_and_seed_is_trained_once(project):
 def test_sweep_selectors_and_layers_tables(project):
     _, workdir, _, _ = project
     selectors = pd.read_csv(workdir / "results/summary/selectors.csv")
-    assert set(selectors["selector"]) == {"ilm_pc_patching", "fisher", "middle"}
+    assert set(selectors["selector"]) == {"ilm_pc_patching", "fisher", "middle", "plugin_probe"}
     assert selectors["regret"].notna().all() and (selectors["regret_low"] <= selectors["regret_high"]).all()
+    assert selectors["kendall_tau"].isna().all()  # 2 swept layers: no rank correlation is defined
+    assert selectors["oracle_in_top3"].all()  # ... and the oracle is always among the top 3 of 2
     assert selectors["rank"].between(1, 3).all()
     assert (selectors.groupby("dataset")["drives_pifi_ilm"].sum() == 1).all()
     layers = pd.read_csv(workdir / "results/summary/layers.csv")
@@ -189,6 +193,37 @@ def test_predictions_cover_the_test_rows(project):
         assert not path.with_name("resume").exists()  # the epoch checkpoint is removed once the run is done
 
 
+def test_every_model_beats_the_majority_class(project):
+    """The tiny project's tasks are learnable in the run's few steps (tiny_project.keyword_splits), so
+    a prediction bug (another epoch's weights, rows out of order) shows here as a fall to chance."""
+    _, workdir, _, _ = project
+    for path in files(workdir, "results/runs/**/predictions.parquet"):
+        frame = pd.read_parquet(path)
+        majority = frame["label"].value_counts(normalize=True).max()
+        accuracy = (frame["prediction"] == frame["label"]).mean()
+        assert frame["prediction"].nunique() > 1, path
+        assert accuracy > majority + 0.15, (path, accuracy, majority)
+
+
+def test_runs_use_the_configured_dropout(project):
+    _, workdir, config, _ = project
+    dropout = yaml.safe_load(config.read_text())["training"]["dropout"]
+    assert dropout != ModelSpec.dropout  # a run that ignored the setting would show
+    specs = files(workdir, "results/runs/**/model.json")
+    assert {json.loads(path.read_text())["model"]["dropout"] for path in specs} == {dropout}
+
+
+def test_pca_and_effects_have_the_configured_number_of_pcs(project):
+    _, workdir, config, _ = project
+    n_pcs = yaml.safe_load(config.read_text())["selection"]["n_pcs"]
+    for path in files(workdir, "results/pca/*/*/pca.safetensors"):
+        assert [pca.components.shape[0] for pca in load_pcas(path)] == [n_pcs] * LLM_LAYERS, path
+    for path in files(workdir, "results/selection/*/*/*/effects.json"):
+        report = json.loads(path.read_text())
+        assert report["n_pcs"] == n_pcs, path
+        assert [len(c) for c in report["pc_label_correlation"]] == [n_pcs] * LLM_LAYERS, path
+
+
 def test_figures_and_report(project):
     workflow, workdir, config, _ = project
     figures = files(workdir, "results/summary/figures/*.svg")
@@ -196,7 +231,7 @@ def test_figures_and_report(project):
     result = snakemake(workflow, workdir, "--configfile", str(config), "--report", str(workdir / "report.html"))
     assert result.returncode == 0, result.stderr[-3000:]
     html = (workdir / "report.html").read_text()
-    for name in ("summary.csv", "selectors.csv", "sst2_rows.tiny_bert.tiny_llama.layers.svg",
+    for name in ("summary.csv", "selectors.csv", "sentiment.tiny_bert.tiny_llama.layers.svg",
                  "topics.tiny_bert.tiny_llama.methods.svg"):
         assert name in html, name
 
@@ -243,8 +278,8 @@ def test_changing_the_selector_retrains_nothing_already_trained(project):
 
 def test_a_corrupt_tensor_artifact_stops_the_dag_and_names_the_file(project):
     workflow, workdir, config, _ = project
-    states = files(workdir, "results/hidden/sst2_rows/*/states.safetensors")[0]
-    pca = states.parents[2].parent / "pca" / "sst2_rows" / states.parent.name / "pca.safetensors"
+    states = files(workdir, "results/hidden/sentiment/*/states.safetensors")[0]
+    pca = states.parents[2].parent / "pca" / "sentiment" / states.parent.name / "pca.safetensors"
     original, stat = states.read_bytes(), states.stat()
     try:
         data = bytearray(original)
@@ -259,6 +294,45 @@ def test_a_corrupt_tensor_artifact_stops_the_dag_and_names_the_file(project):
     finally:
         states.write_bytes(original)
         os.utime(states, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_a_changed_json_artifact_stops_the_run_naming_it_before_any_table(project):
+    """A metrics.json edited after it was written (mtime kept, so Snakemake sees nothing new) stops
+    summarize with one line naming it, before any table or figure is written; a changed
+    selection.json stops the DAG itself. prepare_data's checks are in info.json."""
+    workflow, workdir, config, _ = project
+    info = json.loads((workdir / "results/data/topics/info.json").read_text())
+    assert set(info["checks"]) == {"split_overlap", "absent_classes"}
+    summary = workdir / "results/summary"
+    backup = workdir.parent / "summary_backup"
+    shutil.copytree(summary, backup)  # copy2: contents and mtimes
+    metrics = files(workdir, "results/runs/topics/*/base/seed*/metrics.json")[0]
+    selection = files(workdir, "results/selection/topics/*/*/selection.json")[0]
+    originals = {path: (path.read_bytes(), path.stat()) for path in (metrics, selection)}
+    try:
+        metrics.write_text(metrics.read_text().replace('"accuracy": 0.', '"accuracy": 1.', 1))
+        os.utime(metrics, ns=(originals[metrics][1].st_atime_ns, originals[metrics][1].st_mtime_ns))
+        result = snakemake(workflow, workdir, "--configfile", str(config), "--forcerun", "summarize")
+        assert result.returncode != 0
+        line = next(l for l in result.stderr.splitlines() if l.startswith("PiFi error in summarize"))
+        assert f"ArtifactError: {metrics.relative_to(workdir)}: its checksum does not match" in line
+        for old in backup.rglob("*"):  # no table or figure was written (Snakemake may have removed some)
+            new = summary / old.relative_to(backup)
+            assert old.is_dir() or not new.exists() or new.read_bytes() == old.read_bytes(), new
+        metrics.write_bytes(originals[metrics][0])
+        os.utime(metrics, ns=(originals[metrics][1].st_atime_ns, originals[metrics][1].st_mtime_ns))
+
+        selection.write_text(selection.read_text().replace('"layer": ', '"layer": 1', 1))
+        os.utime(selection, ns=(originals[selection][1].st_atime_ns, originals[selection][1].st_mtime_ns))
+        result = snakemake(workflow, workdir, "--configfile", str(config), "--dry-run")
+        assert result.returncode != 0
+        assert f"PiFi error: {selection.relative_to(workdir)}: its checksum does not match" in result.stderr
+    finally:
+        for path, (raw, stat) in originals.items():
+            path.write_bytes(raw)
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        shutil.rmtree(summary)
+        shutil.copytree(backup, summary)
 
 
 def test_bad_limits_fail_before_any_training(tmp_path):
@@ -315,8 +389,7 @@ def test_unsafe_registry_keys_are_refused_when_the_dag_is_built(tmp_path):
 
 def test_identical_runs_write_identical_artifacts(tmp_path):
     """Two runs of the same small config in two directories: every artifact byte-identical except
-    the files that hold timings (timings.json) and the logs. The first run hands its GPU jobs to a
-    warm server (pifi.warm, on by default); the second runs every job in its own process."""
+    the files that hold timings (timings.json, Snakemake's benchmark files) and the logs."""
     workflow = copy_workflow(tmp_path)
     first, second = tmp_path / "first", tmp_path / "second"
     config = write_tiny_project(first, seeds=(1,), datasets=("topics",))
@@ -325,21 +398,46 @@ def test_identical_runs_write_identical_artifacts(tmp_path):
     small["selection"]["selectors"] = ["ilm_pc_patching", "fisher"]
     config.write_text(yaml.safe_dump(small, sort_keys=False))
     second.mkdir()
-    for workdir, warm in ((first, "True"), (second, "False")):  # the same config (and model paths) for both
-        result = snakemake(workflow, workdir, "--configfile", str(config), "--config", f"warm_start={warm}")
+    for workdir in (first, second):  # the same config (and model paths) for both
+        result = snakemake(workflow, workdir, "--configfile", str(config))
         assert result.returncode == 0, result.stderr[-3000:]
-
-    def warm_started(root: Path) -> int:
-        return sum("warm start: running in a fork" in log.read_text() for log in (root / "results/logs").rglob("*.log"))
-
-    # The first job that wants a server starts one and runs itself; later ones are forks of it.
-    assert warm_started(first) >= 1 and warm_started(second) == 0
 
     def artifacts(root: Path) -> dict[str, bytes]:
         return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "results").rglob("*"))
-                if p.is_file() and "logs" not in p.parts and p.name != "timings.json"}
+                if p.is_file() and not {"logs", "benchmarks"} & set(p.parts) and p.name != "timings.json"}
 
     a, b = artifacts(first), artifacts(second)
     assert a.keys() == b.keys() and len(a) > 20
     assert any(name.endswith(".safetensors") for name in a) and any(name.endswith(".svg") for name in a)
     assert [name for name in a if a[name] != b[name]] == []
+
+
+def test_plugin_probe_trains_on_the_selection_rows_and_feeds_the_leaderboard(project, tmp_path):
+    """plugin_probe's CLS vectors are those of the hidden states' own rows (never test rows), its scores
+    cover every layer, and the leaderboard script judges every selector of the finished project."""
+    from pifi.artifacts import read_json, read_parquet, read_safetensors
+
+    _, workdir, config, _ = project
+    cfg = yaml.safe_load(config.read_text())
+    for dataset in cfg["run"]["datasets"]:
+        tensors, metadata = read_safetensors(workdir / f"results/features/{dataset}/tiny_bert/cls.safetensors")
+        samples = read_parquet(workdir / f"results/hidden/{dataset}/tiny_llama/samples.parquet")
+        assert metadata["row_ids"].split(",") == samples["row_id"].tolist()
+        assert tensors["features"].shape == (len(samples), 32) and tensors["labels"].tolist() == samples["label"].tolist()
+        report = read_json(workdir / f"results/selection/{dataset}/tiny_bert/tiny_llama/scores/plugin_probe.json")
+        assert len(report["scores"]) == LLM_LAYERS and all(0 <= s <= 1 for s in report["scores"])
+    out = tmp_path / "leaderboard.json"
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "selectors_leaderboard.py"), str(workdir),
+                             "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    board = read_json(out)
+    assert board["datasets"] == sorted(cfg["run"]["datasets"]) and "machine" in board
+    for dataset in board["datasets"]:
+        oracle = board["sweeps"][dataset]["oracle_layer"]
+        for name in cfg["selection"]["selectors"]:
+            row = board[dataset][name]
+            assert {"layer", "regret", "regret_ci", "rho", "tau", "top3", "seconds"} <= set(row)
+            assert row["layer"] in cfg["sweep"]["layers"]
+            assert row["regret_ci"][0] <= row["regret"] <= row["regret_ci"][1]
+            if row["layer"] == oracle:  # the oracle against itself: no regret, no interval
+                assert row["regret"] == 0 and row["regret_ci"] == [0, 0]

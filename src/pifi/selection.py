@@ -89,6 +89,15 @@ def fit_layer_pca(states: np.ndarray, n_pcs: int) -> LayerPCA:
     return LayerPCA(pca.mean_, pca.components_, scores, pca.explained_variance_ratio_)
 
 
+def fit_pcas(states: np.ndarray | Sequence[np.ndarray], n_pcs: int) -> list[LayerPCA]:
+    """One PCA of ``n_pcs`` components per layer (L x N x H, or a list of N x H arrays).
+
+    What the fit_pca rule stores: the layer effects read their ``n_pcs`` from it, so a fit with
+    fewer components than configured would show in ``effects.json`` too.
+    """
+    return [fit_layer_pca(layer, n_pcs) for layer in _as_layers(states)]
+
+
 def _abs_pearson(a: np.ndarray, b: np.ndarray) -> float:
     if a.std() < STD_EPS or b.std() < STD_EPS:
         return 0.0

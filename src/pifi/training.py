@@ -226,3 +226,33 @@ def train_classifier(
             resume.wait()  # the last checkpoint is on disk before the run returns or fails
     result.train_seconds = time.perf_counter() - started
     return result
+
+
+def restore_best_state(model: nn.Module, result: TrainingResult) -> None:
+    """Put the best epoch's weights back into ``model``.
+
+    ``best_state`` holds every tensor but the frozen layer's (which training never changes), so the
+    check is that it covers exactly the model's trainable state: a partial load would go unnoticed.
+    """
+    expected = set(getattr(model, "trainable_state_dict", model.state_dict)())
+    if set(result.best_state) != expected:
+        missing, extra = sorted(expected - set(result.best_state)), sorted(set(result.best_state) - expected)
+        raise ValueError(f"the best state does not match the model: missing {missing[:5]}, unexpected {extra[:5]}")
+    model.load_state_dict(result.best_state, strict=False)
+
+
+def train_and_predict(
+    model: nn.Module, train: TokenizedSplit, validation: TokenizedSplit, test: TokenizedSplit,
+    cfg: TrainingConfig, device: torch.device, *, resume: ResumeStore | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> tuple[TrainingResult, np.ndarray]:
+    """Train, restore the best epoch's weights, and predict ``test``.
+
+    Returns the training result and the test rows' class probabilities (N x C) in ``test``'s row
+    order, computed with the best epoch's weights, which ``model`` keeps afterwards (the last
+    epoch's weights are not the run's: the paper keeps the best validation epoch).
+    """
+    result = train_classifier(model, train, validation, cfg, device, resume=resume, on_epoch=on_epoch)
+    restore_best_state(model, result)
+    probabilities = predict_proba(model, test.to(device), cfg.eval_batch_size, device)
+    return result, probabilities

@@ -1,13 +1,11 @@
 """Fine-tune one classifier (base, or PiFi with one LLM layer), save it and its test predictions."""
 
-from pifi.warm import warm_start
+import time
 
-# Hands this job to a warm server that has the imports below done, if one is up (see pifi.warm).
 # The time is taken before the heavy imports: timings.json says what this job's start-up cost.
-STARTED_AT = warm_start(snakemake, models=[snakemake.input.slm, snakemake.input.get("llm")])
+STARTED_AT = time.time()
 
 import hashlib
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -19,7 +17,7 @@ from pifi.model import ModelSpec, build_classifier, count_parameters
 from pifi.model_sources import ModelRef
 from pifi.resume import ResumeStore, fingerprint
 from pifi.tokens import TokenizedSplit, capped_rows
-from pifi.training import TrainingConfig, predict_proba, seed_everything, train_classifier
+from pifi.training import TrainingConfig, seed_everything, train_and_predict
 
 EVAL_ROWS_SEED = 0  # capped validation/test rows are the same for every run, so runs stay paired
 
@@ -60,11 +58,10 @@ tokens_digest = hashlib.sha256(Path(inp.tokens).read_bytes()).hexdigest()
 resume = ResumeStore(Path(out.checkpoint).parent / "resume",
                      fingerprint(t, spec.to_dict(), snakemake.params.code, tokens_digest))
 training_started_at = time.time()
-result = train_classifier(model, splits["train"], splits["validation"], cfg, device, resume=resume)
-
-# Test predictions of the best epoch, from this process: evaluation needs no second model load.
-model.load_state_dict(result.best_state, strict=False)
-probabilities = predict_proba(model, splits["test"].to(device), cfg.eval_batch_size, device)
+# Test predictions of the best epoch, in the test rows' order, from this process: evaluation needs
+# no second model load.
+result, probabilities = train_and_predict(model, splits["train"], splits["validation"], splits["test"], cfg,
+                                          device, resume=resume)
 del model
 release_device(device)  # the next job on this GPU slot starts while this one writes its outputs
 test = pd.read_parquet(inp.test, columns=["row_id", "label"]).iloc[rows["test"]]
