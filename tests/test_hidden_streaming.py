@@ -24,19 +24,9 @@ from tiny_project import word_tokenizer
 
 from conftest import VOCABULARY_TEXTS
 
-SHORT = "the film was dull."
-LONG = ("honestly, the story felt wonderful from start to finish and i would say so again, "
-        "if you ask me the cast is charming, the plot is gripping and the ending was beautiful.")
-TEXTS = [
-    "the plot was boring.",
-    LONG,
-    SHORT,
-    "yesterday the chef baked fresh bread.",
-    "i thought the soundtrack was superb and i would say so again.",
-    "the referee missed a penalty.",
-    "nobody could call the acting clumsy.",
-    "good",
-]
+from test_hidden import LONG, SHORT, TEXTS as WHOLE_MODEL_TEXTS
+
+TEXTS = [*WHOLE_MODEL_TEXTS, "good"]  # the whole-model tests' texts, and a one-token one
 
 SHAPE = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
              max_position_embeddings=256)
