@@ -23,7 +23,7 @@ install: $(BIN)/.installed
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/snakemake --cores 2 --directory demo --configfile configs/demo.yaml
 
-# The layer sweep demo (16 min on a quiet 2-core VM): selectors judged against the sweep, under demo-sweep/.
+# The layer sweep demo: every selector judged against the sweep on the demo topic task, under demo-sweep/.
 demo-sweep: install
 	HF_HUB_OFFLINE=1 $(BIN)/snakemake --cores 2 --directory demo-sweep --configfile configs/demo.yaml configs/demo-sweep.yaml
 
