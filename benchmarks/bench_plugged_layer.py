@@ -24,7 +24,7 @@ from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.utils import logging as hf_logging
 
 from common import (CACHE, MIB, RESULTS, ensure_cache, machine_info, median, peak_rss_mib, pick_device,
-                    print_table, run_in_child, smollm2_dir, synchronize)
+                    print_table, run_in_child, smollm2_dir, synchronize, warm_page_cache)
 from pifi.artifacts import write_json
 from pifi.plugged_layer import build_plugged_layer
 
@@ -57,17 +57,6 @@ def synthetic_qwen2_dir() -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def warm_page_cache(model_dir: Path) -> int:
-    """Read the weight files once so that every measurement sees them in the page cache (we compare
-    the work of building, not the disk; cold, the plugged build would win by more: it reads one layer)."""
-    size = 0
-    for path in sorted(model_dir.glob("*.safetensors")):
-        with path.open("rb") as handle:
-            while chunk := handle.read(16 * MIB):
-                size += len(chunk)
-    return size
 
 
 # ---------------------------------------------------------------- measurements (each in a child)

@@ -31,7 +31,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from common import (MIB, RESULTS, TINY_BERT_SHAPE, copy_tokenizer, machine_info, made_once, median, peak_rss_mib,
-                    pick_device, print_table, run_in_child, save_bert)
+                    pick_device, print_table, run_in_child, save_bert, warm_page_cache)
 from pifi.artifacts import write_json
 
 hf_logging.disable_progress_bar()  # a "Loading weights" bar per child would bury the table
@@ -74,14 +74,6 @@ def texts(n: int) -> list[str]:
     from pifi.demo_data import demo_splits
 
     return demo_splits("sentiment")["train"]["text"].head(n).tolist()
-
-
-def warm_page_cache(model_dir: Path) -> None:
-    """Read the weight files once: both ways then read them from memory (the work, not the disk)."""
-    for path in sorted(model_dir.glob("*.safetensors")):
-        with path.open("rb") as handle:
-            while handle.read(64 * MIB):
-                pass
 
 
 def layer_bytes(shape: dict[str, Any], bytes_per_value: int) -> int:

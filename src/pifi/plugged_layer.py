@@ -220,6 +220,12 @@ def build_plugged_layer(model_dir: str | Path, layer: int, *, trust_remote_code:
     """Build decoder layer ``layer`` of the LLM in ``model_dir``, frozen, from its tensors alone."""
     checkpoint = DecoderCheckpoint(model_dir, trust_remote_code=trust_remote_code,
                                    attn_implementation=attn_implementation)
+    return plugged_layer_from(checkpoint, layer)
+
+
+def plugged_layer_from(checkpoint: DecoderCheckpoint, layer: int) -> PluggedDecoderLayer:
+    """Decoder layer ``layer`` of an opened checkpoint, frozen, in float32: for callers that plug many
+    layers of one LLM in turn (the config, skeleton and tensor index are read once)."""
     plugged = PluggedDecoderLayer(checkpoint.layer(layer, dtype=torch.float32), checkpoint.rotary_emb())
     plugged.requires_grad_(False)
     plugged.eval()

@@ -29,7 +29,7 @@ from sklearn.model_selection import StratifiedKFold
 from torch import nn
 from torch.nn import functional as F
 
-from pifi.plugged_layer import PluggedDecoderLayer, build_plugged_layer, text_config
+from pifi.plugged_layer import DecoderCheckpoint, PluggedDecoderLayer, plugged_layer_from
 
 __all__ = ["PluginProbeParams", "cls_vectors", "score_plugged_layers", "plugged_layer_accuracy"]
 
@@ -181,8 +181,8 @@ def score_plugged_layers(features: np.ndarray | torch.Tensor, labels: Sequence[i
     if labels_np.min() < 0 or not np.issubdtype(labels_np.dtype, np.integer):
         raise ValueError(f"labels must be integers 0..C-1, got values {np.unique(labels_np)[:5].tolist()}")
     settings.check(labels_np)
-    config = text_config(llm_path, trust_remote_code=trust_remote_code)
-    layers = list(range(config.num_hidden_layers)) if layers is None else [int(layer) for layer in layers]
+    checkpoint = DecoderCheckpoint(llm_path, trust_remote_code=trust_remote_code)  # config and index read once
+    layers = list(range(checkpoint.num_layers)) if layers is None else [int(layer) for layer in layers]
     per_layer: list[dict[str, list[float]]] = []
     iterable = layers
     if progress:
@@ -190,9 +190,9 @@ def score_plugged_layers(features: np.ndarray | torch.Tensor, labels: Sequence[i
 
         iterable = report_progress(layers, total=len(layers), desc="plugin_probe layers")
     for layer in iterable:
-        plug = build_plugged_layer(llm_path, layer, trust_remote_code=trust_remote_code).to(device)
-        per_layer.append(plugged_layer_accuracy(features, torch.as_tensor(labels_np), plug, config.hidden_size,
-                                                settings, device=device))
+        plug = plugged_layer_from(checkpoint, layer).to(device)
+        per_layer.append(plugged_layer_accuracy(features, torch.as_tensor(labels_np), plug,
+                                                checkpoint.config.hidden_size, settings, device=device))
         del plug  # one layer's weights in memory at a time
     if details is not None:
         details.update({"layers": layers, "params": asdict(settings),
