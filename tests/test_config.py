@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from pifi.config import (ConfigError, check_config_keys, check_data_limits, check_llm_limits, check_run_names,
-                         check_selection_limits, sweep_layer_set, unknown_keys, unsafe_names)
+                         check_selection_limits, coerce_command_line_strings, sweep_layer_set, unknown_keys,
+                         unsafe_names)
 from tiny_project import REPO
 
 SCHEMA_PATH = REPO / "workflow/schemas/config.schema.yaml"
@@ -134,3 +135,35 @@ def test_sweep_layer_set(sweep, depth, expected):
 def test_sweep_layers_out_of_range_are_refused():
     with pytest.raises(ConfigError, match=r"\[24\] out of range for an LLM of 24 decoder layers"):
         sweep_layer_set({"layers": [24]}, 24)
+
+
+def test_command_line_strings_become_the_types_the_schema_wants(schema, config):
+    """Snakemake reads a nested --config value with YAML's BaseLoader: every scalar a string."""
+    cli = {"selection": {"top_pc": "3", "selector": "fisher", "dtype": "bfloat16",
+                         "selector_params": {"probe_cv": {"folds": "3", "seed": "x"}}},
+           "sweep": {"layers": ["0", "8", "-1"]}, "training": {"learning_rate": "5e-5", "max_train_samples": "null",
+                                                              "compile": "auto"},
+           "gpus": ["0", "1"], "run": {"seeds": ["1", "2"], "datasets": ["007"]},
+           "datasets": {"007": {"source": "local", "path": "123"}}}
+    typed = coerce_command_line_strings(cli, schema)
+    assert typed == {"selection": {"top_pc": 3, "selector": "fisher", "dtype": "bfloat16",
+                                   "selector_params": {"probe_cv": {"folds": 3, "seed": "x"}}},
+                     "sweep": {"layers": [0, 8, -1]},
+                     "training": {"learning_rate": 5e-5, "max_train_samples": None, "compile": "auto"},
+                     "gpus": ["0", "1"],  # the schema takes strings there: left alone
+                     "run": {"seeds": [1, 2], "datasets": ["007"]},  # names stay strings
+                     "datasets": {"007": {"source": "local", "path": "123"}}}
+    assert coerce_command_line_strings({"sweep": {"layers": "all"}}, schema) == {"sweep": {"layers": "all"}}
+    assert coerce_command_line_strings({"training": {"compile": "true"}}, schema) == {"training": {"compile": True}}
+    merged = copy.deepcopy(config)
+    merged["selection"]["top_pc"] = typed["selection"]["top_pc"]
+    jsonschema.validate(merged, schema)
+
+
+def test_a_string_that_is_no_number_is_left_for_the_schema_to_refuse(schema, config):
+    typed = coerce_command_line_strings({"selection": {"top_pc": "three"}}, schema)
+    assert typed == {"selection": {"top_pc": "three"}}
+    broken = copy.deepcopy(config)
+    broken["selection"]["top_pc"] = typed["selection"]["top_pc"]
+    with pytest.raises(jsonschema.ValidationError, match="'three' is not of type 'integer'"):
+        jsonschema.validate(broken, schema)

@@ -63,6 +63,15 @@ def test_relative_path_is_resolved_against_base_dir(tmp_path, local_dir):
     assert len(splits["test"]) == 30
 
 
+def test_a_missing_local_directory_names_its_absolute_path_and_the_base(tmp_path):
+    with pytest.raises(DatasetError) as error:
+        prepare_splits("mine", {"source": "local", "path": "../elsewhere/sst2"}, base_dir=tmp_path / "repo")
+    expected = (tmp_path / "elsewhere" / "sst2").resolve()
+    assert str(error.value) == (f"dataset 'mine': local directory {expected} does not exist "
+                                f"('../elsewhere/sst2' is relative to {(tmp_path / 'repo').resolve()}, "
+                                "the repository root)")
+
+
 def test_validation_is_carved_from_train_stratified_and_seeded(local_dir):
     splits = prepare_splits("ds", local_spec(local_dir), validation_fraction=0.2, seed=3)
     train, validation = splits["train"], splits["validation"]

@@ -27,7 +27,8 @@ import pytest
 from pifi.artifacts import read_json, write_json, write_parquet
 from pifi.choice import scores_report, selection_record
 from pifi.evaluation import classification_metrics, predictions_frame
-from pifi.summary import Bootstrap, build_tables, correctness, load_runs, markdown_report, method_runs
+from pifi.summary import Bootstrap, build_tables, correctness, load_runs, method_runs
+from pifi.summary_text import STABLE_WIN_RATE, difference_text, markdown_report, win_rate_cell
 
 DATASET, SLM, LLM = "sst2", "tiny_bert", "tiny_qwen"
 DEPTH = 6
@@ -343,7 +344,7 @@ def test_markdown_report_carries_the_key_numbers(project):
     # layer, oracle, regret (pts, * = significant), interval, rank, rho, tau, top 3, win rate, modal, converged
     assert cells[4:6] == ["0", "2"]
     assert cells[6] == "+5.00*"
-    assert cells[8:] == ["3/3", "-1.00", "-1.00", "yes", "60%", "0", "True"]
+    assert cells[8:] == ["3/3", "-1.00", "-1.00", "yes", "60% (unstable)", "0", "yes"]
     probe = next(line for line in lines if "| probe_cv |" in line)
     assert "| +0.00 | +0.00 to +0.00 | 1/3 | +1.00 |" in probe
     silhouette = next(line for line in lines if "| silhouette |" in line)
@@ -352,3 +353,120 @@ def test_markdown_report_carries_the_key_numbers(project):
     assert "nan" not in report.lower()
     assert "| sst2 | tiny_bert | tiny_qwen | 1 | no | 3 | 95.00 | 95.00 |" in report
     assert "| sst2 | tiny_bert | tiny_qwen | 2 | yes | 3 | 80.00 | 75.00 |" in report
+
+
+def _cells(report: str, selector: str) -> list[str]:
+    line = next(line for line in report.splitlines() if f"| {selector} |" in line or f"| **{selector}** |" in line)
+    return [c.strip() for c in line.split("|")[1:-1]]
+
+
+def _header(report: str) -> list[str]:
+    line = next(line for line in report.splitlines() if line.startswith("| dataset | SLM | LLM | selector |"))
+    return [c.strip() for c in line.split("|")[1:-1]]
+
+
+def _with(tables: dict, selector: str, **values) -> dict:
+    """The tables with some of one selector's cells changed (the rendering is what is tested)."""
+    selectors = tables["selectors"].copy()
+    for column, value in values.items():
+        selectors[column] = selectors[column].astype(object)
+        selectors.loc[selectors["selector"] == selector, column] = value
+    return {**tables, "selectors": selectors}
+
+
+NO_SWEEP_SENTENCE = ("Oracle, regret, rank, ρ, τ and top 3 need the layer sweep (`pifi_sweep` in `run.methods`); "
+                     "this run has none, so only each selector's choice and stability are shown.")
+
+
+@pytest.fixture(scope="module")
+def no_sweep_tables(tmp_path_factory):
+    files = write_project(tmp_path_factory.mktemp("no_sweep"), layers=(None, 0, 5))
+    return tables_for(files, methods=["base", "pifi_last", "pifi_ilm"], sweep=None)
+
+
+def test_markdown_without_sweep_drops_the_sweep_columns_and_says_why(no_sweep_tables):
+    report = markdown_report(no_sweep_tables)
+    assert NO_SWEEP_SENTENCE in report.splitlines()
+    assert _header(report) == ["dataset", "SLM", "LLM", "selector", "layer", "win rate", "modal", "probes converged"]
+    assert _cells(report, "ilm_pc_patching") == [DATASET, SLM, LLM, "**ilm_pc_patching**", "0", "60% (unstable)",
+                                                 "0", "yes"]
+    assert _cells(report, "fisher") == [DATASET, SLM, LLM, "fisher", "1", "-", "-", "-"]
+    assert "Regret =" not in report  # the sweep's columns are neither shown nor explained
+
+
+def test_markdown_with_sweep_keeps_the_columns_and_no_sentence(project):
+    report = markdown_report(project[1])
+    assert "need the layer sweep" not in report
+    assert _header(report)[5:12] == ["oracle", "regret (pts)", "interval", "rank", "ρ", "τ", "top 3"]
+
+
+def test_markdown_names_the_groups_without_sweep_when_only_some_have_one(project):
+    tables = project[1]
+    other = tables["selectors"].assign(dataset="imdb", oracle_layer=None, regret=None, rank=None)
+    mixed = {**tables, "selectors": pd.concat([tables["selectors"], other], ignore_index=True)}
+    report = markdown_report(mixed)
+    assert ("Oracle, regret, rank, ρ, τ and top 3 need the layer sweep (`pifi_sweep` in `run.methods`); "
+            f"imdb / {SLM} / {LLM} has none, so only the choice and stability are shown there.") in report
+    assert _header(report)[5] == "oracle"
+    assert _cells(report, "ilm_pc_patching")[5] == "2"  # the first (swept) group's row
+
+
+def test_markdown_explains_unconverged_probes_only_when_there_are_some(project):
+    report = markdown_report(project[1])
+    # probe_cv's probe did not converge on its last layer; fisher has no probe
+    assert [_cells(report, name)[-1] for name in ("probe_cv", "ilm_pc_patching", "fisher")] == ["no¹", "yes", "-"]
+    footnote = next(line for line in report.splitlines() if line.startswith("¹ no = "))
+    assert "iteration limit" in footnote and "`PROBE_MAX_ITER`" in footnote and "no config key" in footnote
+    converged = markdown_report(_with(project[1], "probe_cv", converged=True))
+    assert _cells(converged, "probe_cv")[-1] == "yes"
+    assert "¹" not in converged
+
+
+@pytest.mark.parametrize("win_rate, cell, unstable", [
+    (0.6, "60% (unstable)", True), (0.7, "70%", False), (0.9, "90%", False), (None, "-", False)])
+def test_markdown_flags_unstable_choices(project, win_rate, cell, unstable):
+    assert STABLE_WIN_RATE == 0.7
+    assert win_rate_cell(win_rate) == cell
+    tables = _with(project[1], "ilm_pc_patching", win_rate=win_rate)
+    report = markdown_report(tables)
+    assert _cells(report, "ilm_pc_patching")[12] == cell
+    assert ("(unstable) = the chosen layer won fewer than 70% of the resampled selections" in report) == unstable
+    verdict = next(line for line in report.splitlines() if line.startswith(f"- **{DATASET}**"))
+    assert ("Unstable: layer 0 won only 60% of the resampled selections" in verdict) == unstable
+
+
+def test_markdown_verdict_says_which_layer_and_whether_it_is_real(project):
+    tables = project[1]
+    report = markdown_report(tables)
+    comparisons = tables["comparisons"].set_index(["a", "b"])
+    selectors = _by(tables["selectors"], "selector")
+
+    def interval(row):
+        return difference_text(row["difference"], row["low"], row["high"])
+
+    ilm = selectors["ilm_pc_patching"]
+    regret = difference_text(ilm["regret"], ilm["regret_low"], ilm["regret_high"])
+    assert interval(comparisons.loc[("pifi_ilm", "base")]).startswith("+18.0 [")
+    assert regret.startswith("+5.0 [")
+    expected = (f"- **{DATASET}** ({SLM} + {LLM}): `pifi_ilm` plugs in layer 0, chosen by ilm_pc_patching "
+                "(test accuracy 70.0%). "
+                f"`pifi_ilm` vs `base`: better ({interval(comparisons.loc[('pifi_ilm', 'base')])} points); "
+                f"`pifi_ilm` vs `pifi_last`: worse ({interval(comparisons.loc[('pifi_ilm', 'pifi_last')])} points). "
+                "The oracle is layer 2 (best validation accuracy of 3 swept layers); the chosen layer ranks 3 of 3; "
+                f"regret {regret} points, significant: the chosen layer is really worse on test. "
+                "Unstable: layer 0 won only 60% of the resampled selections, so other samples may choose another "
+                "layer.")
+    assert expected in report.splitlines()
+    assert report.index("## Verdict") < report.index("## Methods")
+
+
+def test_markdown_verdict_without_sweep_has_no_regret(no_sweep_tables):
+    report = markdown_report(no_sweep_tables)
+    verdict = next(line for line in report.splitlines() if line.startswith(f"- **{DATASET}**"))
+    assert "`pifi_ilm` vs `base`: better (+18.0 [" in verdict
+    assert "oracle" not in verdict and "regret" not in verdict
+
+
+def test_points_are_rounded_for_people():
+    assert difference_text(0.07499999999999996, 0.040975000000000227, 0.11) == "+7.5 [+4.1, +11.0]"
+    assert difference_text(-0.0001, -0.026000000000000023, 0.0) == "+0.0 [-2.6, +0.0]"  # never "-0.0"

@@ -11,8 +11,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -225,15 +227,36 @@ def test_pca_and_effects_have_the_configured_number_of_pcs(project):
 
 
 def test_figures_and_report(project):
+    """The report as the README and Makefile make it (a relative --directory, `--report report.html`),
+    opening on the verdicts the summary wrote rather than on the DAG."""
     workflow, workdir, config, _ = project
     figures = files(workdir, "results/summary/figures/*.svg")
-    assert len(figures) == 4 and all(f.read_text().lstrip().startswith("<?xml") for f in figures)
-    result = snakemake(workflow, workdir, "--configfile", str(config), "--report", str(workdir / "report.html"))
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(figures) == 5 and all(f.read_text().lstrip().startswith("<?xml") for f in figures)
+    assert (workdir / "results/summary/figures/selectors.regret.svg") in figures  # the sweep ran
+    project_dir = os.path.relpath(workdir, REPO)  # relative, like `make report PROJECT=demo`
+    result = subprocess.run(["make", "--no-print-directory", "report", f"PROJECT={project_dir}",
+                             f"CONFIGS={config}"], cwd=REPO, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"report: {project_dir}/report.html" in result.stdout
     html = (workdir / "report.html").read_text()
     for name in ("summary.csv", "selectors.csv", "sentiment.tiny_bert.tiny_llama.layers.svg",
-                 "topics.tiny_bert.tiny_llama.methods.svg"):
+                 "topics.tiny_bert.tiny_llama.methods.svg", "selectors.regret.svg"):
         assert name in html, name
+    page = (workdir / "results/summary/report.rst").read_text()
+    assert "Verdict" in page and "['" not in page
+    assert "which layer, and is it real?" in html and "Verdict" in html  # the first page is the verdicts
+
+
+def test_every_documented_report_command_names_its_file_relative_to_the_project():
+    """Snakemake resolves --report against --directory: `--directory demo --report demo/report.html`
+    looks for demo/demo/ and fails. No documented command may do that."""
+    for doc in (REPO / "README.md", REPO / "Makefile"):
+        for line in doc.read_text().splitlines():
+            report = re.search(r"--report\s+([^\s`]+)", line)
+            directory = re.search(r"--directory\s+(\S+)", line)
+            if report and directory:
+                assert report.group(1) == "report.html", f"{doc.name}: {line.strip()}"
 
 
 def test_rerun_redoes_only_what_is_stale(project):
@@ -250,12 +273,14 @@ def test_rerun_redoes_only_what_is_stale(project):
     top1 = workdir / "top_pc.yaml"
     top1.write_text("selection:\n  top_pc: 1\n")
     result = snakemake(workflow, workdir, "--configfile", str(config), str(top1), "--dry-run")
-    assert scheduled_jobs(result.stdout) == {"layer_effects": 2, "select_layer": 2, "summarize": 1, "plot": 2, "all": 1}
+    assert scheduled_jobs(result.stdout) == {"layer_effects": 2, "select_layer": 2, "summarize": 1, "plot": 2,
+                                              "plot_selectors": 1, "all": 1}
 
     # Editing library code re-runs exactly the rules that use it (and what reads their outputs).
     summary_module = workflow / "src/pifi/summary.py"
     summary_module.write_text(summary_module.read_text() + "\n# an edit\n")
-    assert scheduled_jobs(snakemake(workflow, workdir, *base).stdout) == {"summarize": 1, "plot": 2, "all": 1}
+    assert scheduled_jobs(snakemake(workflow, workdir, *base).stdout) == {"summarize": 1, "plot": 2,
+                                                                       "plot_selectors": 1, "all": 1}
     summary_module.write_text(summary_module.read_text().removesuffix("\n# an edit\n"))
 
 
@@ -267,7 +292,7 @@ def test_changing_the_selector_retrains_nothing_already_trained(project):
     result = snakemake(workflow, workdir, "--configfile", str(config), str(override))
     assert result.returncode == 0, result.stderr[-3000:]
     ran = {rule for rule, _ in executed(result.stderr)}
-    assert ran <= {"select_layer", "summarize", "plot", "all"}, ran
+    assert ran <= {"select_layer", "summarize", "plot", "plot_selectors", "all"}, ran
     assert "select_layer" in ran
     assert {p: p.stat().st_mtime_ns for p in before} == before  # no run was retrained
     table = pd.read_csv(workdir / "results/summary/summary.csv")
@@ -441,3 +466,91 @@ def test_plugin_probe_trains_on_the_selection_rows_and_feeds_the_leaderboard(pro
             assert row["regret_ci"][0] <= row["regret"] <= row["regret_ci"][1]
             if row["layer"] == oracle:  # the oracle against itself: no regret, no interval
                 assert row["regret"] == 0 and row["regret_ci"] == [0, 0]
+
+
+def small_project(tmp_path: Path, **run) -> tuple[Path, Path, Path]:
+    """A fresh tiny project whose run matrix is changed by ``run`` (e.g. methods=[\"base\"])."""
+    workflow, workdir, config = fresh_project(tmp_path)
+    settings = yaml.safe_load(config.read_text())
+    settings["run"].update(run)
+    config.write_text(yaml.safe_dump(settings, sort_keys=False))
+    return workflow, workdir, config
+
+
+def test_a_finished_project_plans_and_runs_what_an_override_adds(tmp_path):
+    """Adding a dataset and a seed to a finished project re-plans the summary and with it the new
+    chain; a bad path in the addition is reported as in a fresh directory, with its absolute path."""
+    workflow, workdir, config = small_project(tmp_path, datasets=["sentiment"], seeds=[1],
+                                              methods=["base", "pifi_last"])
+    first = snakemake(workflow, workdir, "--configfile", str(config))
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stderr.count("grows as checkpoints") == 1  # said once, up front
+    assert "PiFi: trained sentiment/tiny_bert base seed 1: validation accuracy" in first.stderr
+    assert re.search(r"training runs \d of (at least )?2 done", first.stderr)
+
+    missing = workdir / "missing.yaml"
+    missing.write_text("run:\n  datasets: [sentiment, mine]\ndatasets:\n  mine: {source: local, path: ../no/such}\n")
+    bad = snakemake(workflow, workdir, "--configfile", str(config), str(missing))
+    assert bad.returncode != 0
+    line = next(l for l in bad.stderr.splitlines() if l.startswith("PiFi error in prepare_data[dataset=mine]"))
+    # Relative to the repository root (here the workflow's copy), not to --directory.
+    assert f"local directory {(workflow.parent / 'no' / 'such').resolve()} does not exist" in line
+    assert "NaN" not in bad.stderr
+
+    grow = workdir / "grow.yaml"
+    grow.write_text("run:\n  datasets: [sentiment, topics]\n  seeds: [1, 2]\n")
+    dry = snakemake(workflow, workdir, "--configfile", str(config), str(grow), "--dry-run")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    jobs = scheduled_jobs(dry.stdout)
+    # The new chain: topics' data (tokens join once that checkpoint ran) and the three new
+    # (dataset, seed) pairs' runs, nothing of sentiment's seed 1.
+    assert (jobs.get("prepare_data"), jobs.get("summarize")) == (1, 1), jobs
+    assert (jobs.get("train_base"), jobs.get("train_pifi")) == (3, 3), jobs
+
+    kept = {path: path.stat().st_mtime_ns for path in workdir.glob("results/runs/sentiment/*/*/**/seed1/*.safetensors")}
+    assert len(kept) == 2  # base and pifi_last
+    run = snakemake(workflow, workdir, "--configfile", str(config), str(grow))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert {path: path.stat().st_mtime_ns for path in kept} == kept  # nothing finished was redone
+    assert len(list(workdir.glob("results/runs/*/*/**/seed*/model.safetensors"))) == 8
+    assert sorted(rule for rule, _ in executed(run.stderr) if rule in ("prepare_data", "tokenize")) == \
+        ["prepare_data", "tokenize"]
+    assert "training runs 8 of 8 done" in run.stderr
+    summary = pd.read_csv(workdir / "results/summary/summary.csv")
+    assert sorted(set(summary["dataset"])) == ["sentiment", "topics"] and set(summary["n_seeds"]) == {2}
+
+
+def test_a_signal_to_snakemake_stops_training_and_the_same_command_resumes_it(tmp_path):
+    """SIGTERM to Snakemake's PID (a process manager's stop): the training job stops promptly, its
+    finished epochs stay, the console says how to resume, and the same command resumes the run."""
+    workflow, workdir, config = small_project(tmp_path, datasets=["topics"], seeds=[1], methods=["base"])
+    settings = yaml.safe_load(config.read_text())
+    settings["training"].update(epochs=60, max_train_samples=None)  # long enough to be caught mid-run
+    config.write_text(yaml.safe_dump(settings, sort_keys=False))
+    command = [str(SNAKEMAKE), "--snakefile", str(workflow / "Snakefile"), "--directory", str(workdir),
+               "--cores", "2", "--configfile", str(config)]
+    run_dir = workdir / "results/runs/topics/tiny_bert/base/seed1"
+    checkpoint = run_dir / "resume/epoch.safetensors"
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not checkpoint.exists():
+            assert process.poll() is None and time.monotonic() < deadline, "no epoch checkpoint was written"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert time.monotonic() - signalled < 30  # not the rest of the 60 epochs
+    assert process.returncode != 0
+    assert "PiFi: interrupted; run the same command again to resume" in stderr
+    assert "PiFi error" not in stderr
+    assert checkpoint.exists() and not (run_dir / "model.safetensors").exists()
+    log = workdir / "results/logs/runs/topics/tiny_bert/base/seed1/train.log"
+    assert "interrupted (signal SIGTERM)" in log.read_text()
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=1200)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert re.search(r"resumed after epoch \d+ of 60", log.read_text())
+    assert not checkpoint.exists() and (run_dir / "model.safetensors").exists()

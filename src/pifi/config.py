@@ -54,6 +54,79 @@ def unknown_keys(config: Any, schema: Mapping[str, Any], root: Mapping[str, Any]
     return problems
 
 
+_SCALARS = {"integer": int, "number": (int, float), "boolean": bool, "null": type(None)}
+
+
+def coerce_command_line_strings(config: Any, schema: Mapping[str, Any], root: Mapping[str, Any] | None = None) -> Any:
+    """``config`` with the strings a ``--config`` value leaves where the schema wants a number,
+    boolean or null turned into that type (returns a new object; the rest is unchanged).
+
+    Snakemake parses a nested ``--config 'selection={"top_pc": 3}'`` with YAML's BaseLoader, which
+    keeps every scalar a string: "3" would fail the schema's integer check. A string is converted
+    only where the schema does not accept a string there and its YAML reading has an allowed type.
+    """
+    root = root if root is not None else schema
+    schema = _resolve(schema, root)
+    for combinator in ("oneOf", "anyOf"):
+        if combinator in schema and isinstance(config, (str, list, Mapping)):
+            import jsonschema
+
+            for branch in schema[combinator]:
+                candidate = coerce_command_line_strings(config, branch, root)
+                if jsonschema.Draft7Validator(_resolve(branch, root)).is_valid(candidate):
+                    return candidate
+            return config
+    if isinstance(config, Mapping):
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties", True)
+        return {key: coerce_command_line_strings(value, properties[key], root) if key in properties
+                else coerce_command_line_strings(value, extra, root) if isinstance(extra, Mapping)
+                else _yaml_scalar(value) if schema.get("type") == "object" and not properties  # free-form settings
+                else value
+                for key, value in config.items()}
+    if isinstance(config, list):
+        items = schema.get("items")
+        return [coerce_command_line_strings(value, items, root) for value in config] if isinstance(items, Mapping) \
+            else config
+    if isinstance(config, str) and "enum" in schema and config not in schema["enum"]:
+        parsed = _yaml_scalar(config)  # training.compile: [auto, true, false]
+        return parsed if parsed in schema["enum"] else config
+    if isinstance(config, str):
+        types = schema.get("type", [])
+        types = [types] if isinstance(types, str) else list(types)
+        if "string" in types or not types:
+            return config
+        try:
+            parsed = yaml.safe_load(config)
+        except yaml.YAMLError:
+            return config
+        if isinstance(parsed, str) and "number" in types:  # YAML 1.1 reads 5e-5 (no dot) as a string
+            try:
+                parsed = float(config)
+            except ValueError:
+                return config
+        if any(isinstance(parsed, _SCALARS[t]) and not (t != "boolean" and isinstance(parsed, bool))
+               for t in types if t in _SCALARS):
+            return parsed
+    return config
+
+
+def _yaml_scalar(value: Any) -> Any:
+    """A free-form setting (``selector_params: {probe_cv: {folds: 3}}``): numbers and booleans from
+    ``--config`` strings, recursively; other strings stay strings."""
+    if isinstance(value, Mapping):
+        return {key: _yaml_scalar(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_yaml_scalar(item) for item in value]
+    if isinstance(value, str) and value.strip():
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        return parsed if isinstance(parsed, (int, float, bool)) else value
+    return value
+
+
 def check_config_keys(config: Mapping[str, Any], schema_path: str | Path) -> None:
     """Raise ConfigError naming every unknown key (and what is allowed there)."""
     schema = yaml.safe_load(Path(schema_path).read_text())

@@ -445,7 +445,11 @@ def _load_and_standardise(
 ) -> dict[str, pd.DataFrame]:
     source = spec["source"]
     if source == "local":
-        directory = Path(base_dir) / spec["path"]
+        directory = (Path(base_dir) / spec["path"]).resolve()
+        if not directory.is_dir():
+            relative = "" if Path(spec["path"]).is_absolute() else \
+                f" ({spec['path']!r} is relative to {Path(base_dir).resolve()}, the repository root)"
+            raise DatasetError(f"dataset {name!r}: local directory {directory} does not exist{relative}")
         raw = load_local_splits(directory)
     elif source == "hub":
         raw = load_hub_splits(spec)

@@ -12,16 +12,25 @@ import os
 import sys
 import traceback
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from pifi.interrupts import stop_on_signals
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger("pifi")
+_console = None  # Snakemake's console (this job's stderr before start_job sent it to the log)
 
 
 def start_job(snakemake) -> logging.Logger:
-    """Send this process's stderr (warnings, progress) and logging to the rule's log file."""
+    """Send this process's stderr (warnings, progress) and logging to the rule's log file.
+
+    SIGTERM (a process manager, Snakemake forwarding one) stops the job like Ctrl-C: see pifi.interrupts.
+    """
+    global _console
+    stop_on_signals()
     console = None
     if snakemake.log:
         console = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)  # Snakemake's console
@@ -34,6 +43,7 @@ def start_job(snakemake) -> logging.Logger:
         _quiet_progress_bars()
     logging.captureWarnings(True)
     warnings.simplefilter("once")  # a warning raised in a loop is logged once, not per step
+    _console = console
     sys.excepthook = _report_failure(snakemake, console)
     # As many CPU threads as the rule was given: parallel jobs must not oversubscribe the cores.
     # torch is only imported by the jobs that use it; one imported later reads OMP_NUM_THREADS.
@@ -43,6 +53,12 @@ def start_job(snakemake) -> logging.Logger:
         sys.modules["torch"].set_num_threads(threads)
     log.info("rule %s, wildcards %s, threads %d", snakemake.rule, dict(snakemake.wildcards.items()), threads)
     return log
+
+
+def config_base(snakemake) -> Path:
+    """What relative paths in the config (datasets, models) are resolved against: the repository root
+    (the folder of the Snakefile and config.yaml), whatever ``--directory`` the project runs in."""
+    return Path(snakemake.scriptdir).resolve().parents[1]
 
 
 def _quiet_progress_bars() -> None:
@@ -66,8 +82,19 @@ def failure_line(rule: str, wildcards: dict, error: BaseException, log_path: str
     return f"PiFi error in {rule}[{where}]: {type(error).__name__}: {message}{tail}"
 
 
+def console_line(text: str) -> None:
+    """One line on the console Snakemake shows (not only in this job's log): progress a person follows."""
+    stream = _console or sys.__stderr__
+    stream.write(text + "\n")
+    stream.flush()
+
+
 def _report_failure(snakemake, console):
     def hook(kind, error, tb):
+        if issubclass(kind, KeyboardInterrupt):
+            # Not a crash: Snakemake's process prints the one line that says how to resume.
+            log.warning("interrupted (%s); finished epochs are kept for the resume", error or "Ctrl-C")
+            return
         log.error("job failed:\n%s", "".join(traceback.format_exception(kind, error, tb)).rstrip())
         line = failure_line(snakemake.rule, dict(snakemake.wildcards.items()), error,
                             snakemake.log[0] if snakemake.log else None)

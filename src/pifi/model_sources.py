@@ -128,7 +128,8 @@ def resolve_model_dir(name: str, spec: Mapping[str, Any], *, work_dir: Path, bas
     else:
         raise ModelSourceError(f"model {name!r}: unknown source {source!r}; use hub, local or package")
     if not path.exists():  # said as such: "has no config.json" sent people looking inside a directory
-        hint = f" (a relative path is resolved against {Path(base_dir).resolve()})" if source == "local" else ""
+        hint = (f" ({spec['path']!r} is relative to {Path(base_dir).resolve()}, the repository root)"
+                if source == "local" and not Path(spec["path"]).is_absolute() else "")
         raise ModelSourceError(f"model {name!r}: {path} does not exist{hint}")
     if not path.is_dir():
         raise ModelSourceError(f"model {name!r}: {path} is not a directory (a model is a directory with config.json)")

@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -247,73 +246,3 @@ def build_tables(metrics_files: Sequence[str | Path], selection_files: Sequence[
             "layers": layers_table(runs, selections, boot),
             "selectors": selectors_table(runs, selections, scores, boot, sweep=sweep),
             "selector_scores": selector_scores_table(scores, selections)}
-
-
-# --- Markdown ---------------------------------------------------------------------------------
-
-def _pct(value: float) -> str:
-    return f"{100 * value:.2f}"
-
-
-def _yes_no(value: Any) -> str:
-    return "-" if value is None or pd.isna(value) else ("yes" if value else "no")
-
-
-def _maybe(value: Any, fmt: str = "{}") -> str:
-    return "-" if value is None or (isinstance(value, float) and np.isnan(value)) else fmt.format(value)
-
-
-def markdown_report(tables: Mapping[str, pd.DataFrame], *, confidence: float = 0.95) -> str:
-    level = f"{100 * confidence:.0f}%"
-    lines = ["# PiFi-ILM summary", "",
-             f"Test-split metrics in %, mean ± std over seeds, with the {level} bootstrap interval of the accuracy "
-             "(test rows and seeds resampled together). `pifi_last` plugs the LLM's last decoder layer (the paper's "
-             "default), `pifi_ilm` the layer chosen by the selector, `pifi_oracle` the swept layer with the best "
-             "*validation* accuracy.", "",
-             "| dataset | SLM | LLM | method | layer | seeds | accuracy | interval | macro-F1 | MCC | trainable | total |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in tables["summary"].itertuples():
-        lines.append(f"| {r.dataset} | {r.slm} | {r.llm} | {r.method} | {r.llm_layer} | {r.n_seeds} | "
-                     f"{_pct(r.accuracy_mean)} ± {_pct(r.accuracy_std)} | {_pct(r.accuracy_low)}–{_pct(r.accuracy_high)} | "
-                     f"{_pct(r.macro_f1_mean)} ± {_pct(r.macro_f1_std)} | {_pct(r.mcc_mean)} ± {_pct(r.mcc_std)} | "
-                     f"{r.trainable_params:,} | {r.total_params:,} |")
-    if len(tables["comparisons"]):
-        lines += ["", "## Is the difference real?", "",
-                  f"Paired bootstrap over the same test rows and seeds; a winner is named only where the {level} "
-                  "interval of the difference excludes 0.", "",
-                  "| dataset | SLM | LLM | comparison | verdict |", "|---|---|---|---|---|"]
-        for r in tables["comparisons"].itertuples():
-            marker = " **" if r.significant else " "
-            lines.append(f"| {r.dataset} | {r.slm} | {r.llm} | {r.a} − {r.b} |{marker}{r.verdict}{marker.strip()} |")
-    if len(tables["selectors"]):
-        lines += ["", "## Which selector to trust", "",
-                  "Regret = test accuracy of the oracle layer − test accuracy of the selector's layer, in points, "
-                  f"with its {level} paired interval (* = the interval excludes 0: the selector's layer is really "
-                  "worse). Rank = the chosen layer's place among the swept layers by validation accuracy. "
-                  "ρ and τ = Spearman and Kendall correlations of the selector's scores with the sweep's validation "
-                  "accuracy; top 3 = the oracle is among the selector's 3 best-scored swept layers. "
-                  "Win rate = share of resampled selections the chosen layer also won; modal = the layer that won "
-                  "most often.", "",
-                  "| dataset | SLM | LLM | selector | layer | oracle | regret (pts) | interval | rank | ρ | τ | top 3 | win rate | modal | probes converged |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in tables["selectors"].itertuples():
-            name = f"**{r.selector}**" if r.drives_pifi_ilm else r.selector
-            no_regret = _maybe(r.regret) == "-"  # None, or NaN where other selectors have a regret
-            regret = "-" if no_regret else f"{100 * r.regret:+.2f}"
-            star = "*" if not no_regret and bool(r.regret_significant) else ""
-            interval = "-" if no_regret else f"{100 * r.regret_low:+.2f} to {100 * r.regret_high:+.2f}"
-            rank = "-" if r.rank is None or pd.isna(r.rank) else f"{int(r.rank)}/{int(r.n_swept)}"
-            lines.append(f"| {r.dataset} | {r.slm} | {r.llm} | {name} | {r.layer} | {_maybe(r.oracle_layer, '{:.0f}')} | "
-                         f"{regret}{star} | {interval} | {rank} | {_maybe(r.spearman_rho, '{:+.2f}')} | "
-                         f"{_maybe(r.kendall_tau, '{:+.2f}')} | {_yes_no(r.oracle_in_top3)} | "
-                         f"{_maybe(r.win_rate, '{:.0%}')} | {_maybe(r.modal_layer, '{:.0f}')} | {_maybe(r.converged)} |")
-        lines += ["", "The selector in bold drives `pifi_ilm`."]
-    if len(tables["layers"]):
-        lines += ["", "## PiFi per layer", "",
-                  f"Mean over seeds; validation with a t-interval over seeds, test with the {level} bootstrap interval.",
-                  "", "| dataset | SLM | LLM | layer | swept | seeds | validation | test | test interval |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for r in tables["layers"].itertuples():
-            lines.append(f"| {r.dataset} | {r.slm} | {r.llm} | {r.layer} | {'yes' if r.swept else 'no'} | {r.n_seeds} | "
-                         f"{_pct(r.val_mean)} | {_pct(r.test_mean)} | {_pct(r.test_low)}–{_pct(r.test_high)} |")
-    return "\n".join(lines) + "\n"

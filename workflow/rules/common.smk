@@ -5,11 +5,13 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+import yaml
 from snakemake.utils import validate
 
 from pifi.artifacts import ArtifactError, read_json, verify_safetensors
 from pifi.config import (ConfigError, check_config_keys, check_data_limits, check_llm_limits, check_run_names,
-                         check_selection_limits, sweep_layer_set)
+                         check_selection_limits, coerce_command_line_strings)
+from pifi import run_plan
 from pifi.provenance import code_fingerprint
 
 REPO = Path(workflow.basedir)
@@ -19,6 +21,8 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 # envs/pifi.yaml installs the library from here (--sdm conda).
 os.environ.setdefault("PIFI_REPO", str(REPO))
 
+# --config 'selection={"top_pc": 3}' arrives with "3" a string: typed as the schema says first.
+config.update(coerce_command_line_strings(config, yaml.safe_load(SCHEMA.read_text())))
 check_config_keys(config, SCHEMA)  # unknown keys and unsafe names first, named plainly
 validate(config, schema=str(SCHEMA))  # types, ranges, defaults
 check_run_names(config)
@@ -195,38 +199,24 @@ def plugin_probe_params(wildcards):
 def planned_layers(llm):
     """The layers known from the LLM's depth alone (pifi_last, the sweep): their runs are scheduled as
     soon as prepare_model ran, beside the layer selection rather than after it."""
-    layers = set()
-    if "pifi_last" in RUN["methods"]:
-        layers.add(llm_depth(llm) - 1)
-    if "pifi_sweep" in RUN["methods"]:
-        with stop_on(ConfigError):
-            layers |= set(sweep_layer_set(config["sweep"], llm_depth(llm)))
-    return layers
+    with stop_on(ConfigError):
+        return run_plan.planned_layers(RUN["methods"], config["sweep"], llm_depth(llm))
 
 
 def chosen_layers(dataset, slm, llm):
     """The layers only the selection names (known once the select_layer checkpoint ran), not planned ones."""
     if "pifi_ilm" not in RUN["methods"]:
         return set()
-    chosen = selected_layers(dataset, slm, llm)
-    # Judging a selector needs its chosen layer trained; without a sweep only the driving one is.
-    layers = set(chosen.values()) if "pifi_sweep" in RUN["methods"] else {chosen[SELECTION["selector"]]}
-    return layers - planned_layers(llm)
+    chosen = run_plan.chosen_layers(RUN["methods"], selected_layers(dataset, slm, llm), SELECTION["selector"])
+    return chosen - planned_layers(llm)
 
 
 def base_run_dirs():
-    """results/runs/.../base/seed{S} for every dataset x SLM x seed (known without any checkpoint)."""
-    if "base" not in RUN["methods"]:
-        return []
-    return [f"results/runs/{dataset}/{slm}/base/seed{seed}"
-            for dataset in RUN["datasets"] for slm in RUN["slms"] for seed in RUN["seeds"]]
+    return run_plan.base_run_dirs(RUN)
 
 
 def pifi_run_dirs(layers_of):
-    """results/runs/.../pifi/{llm}/layer{L}/seed{S} for the layers ``layers_of(dataset, slm, llm)`` gives."""
-    return [f"results/runs/{dataset}/{slm}/pifi/{llm}/layer{layer}/seed{seed}"
-            for dataset in RUN["datasets"] for slm in RUN["slms"] for llm in RUN["llms"]
-            for layer in sorted(layers_of(dataset, slm, llm)) for seed in RUN["seeds"]]
+    return run_plan.pifi_run_dirs(RUN, layers_of)
 
 
 def planned_layers_of(dataset, slm, llm):
@@ -269,13 +259,13 @@ def chosen_pifi_predictions(wildcards):
 
 
 def selection_files(wildcards):
-    if not set(RUN["methods"]) & {"pifi_ilm", "pifi_sweep"}:
+    if not run_plan.needs_selection(RUN["methods"]):
         return []
     return [selection_file(d, s, l) for d in RUN["datasets"] for s in RUN["slms"] for l in RUN["llms"]]
 
 
 def all_scores_files(wildcards):
-    if not set(RUN["methods"]) & {"pifi_ilm", "pifi_sweep"}:
+    if not run_plan.needs_selection(RUN["methods"]):
         return []
     return [scores_file(d, s, l, name) for d in RUN["datasets"] for s in RUN["slms"] for l in RUN["llms"]
             for name in SELECTORS]
@@ -289,10 +279,13 @@ SUMMARY_TABLES = ("summary", "comparisons", "layers", "selectors", "selector_sco
 
 
 def figure_files():
-    return [f"results/summary/figures/{d}.{s}.{l}.{kind}.svg"
-            for d in RUN["datasets"] for s in RUN["slms"] for l in RUN["llms"]
-            for kind in ("layers", "methods")
-            if set(RUN["methods"]) - {"base"}]
+    per_triple = [f"results/summary/figures/{d}.{s}.{l}.{kind}.svg"
+                  for d in RUN["datasets"] for s in RUN["slms"] for l in RUN["llms"]
+                  for kind in ("layers", "methods")
+                  if set(RUN["methods"]) - {"base"}]
+    # selectors x datasets: regret needs the sweep's oracle, so without a sweep there is nothing to draw
+    across = ["results/summary/figures/selectors.regret.svg"] if "pifi_sweep" in RUN["methods"] else []
+    return per_triple + across
 
 
 def final_outputs():

@@ -12,9 +12,15 @@ rule summarize:
         **{name: report(f"results/summary/{name}.csv", category="Tables",
                         caption="../report/tables.rst") for name in SUMMARY_TABLES},
         markdown="results/summary/summary.md",
+        # The HTML report's first page (Snakefile `report:`): verdicts and a description of what ran.
+        page="results/summary/report.rst",
     log:
         "results/logs/summary.log",
     params:
+        # The whole run matrix, so that adding a dataset, seed or model to a finished project
+        # re-plans the summary (and, through its inputs, the new chain) instead of only the plots.
+        run=RUN,
+        selection=SELECTION,
         methods=RUN["methods"],
         sweep=config["sweep"],
         bootstrap=config["statistics"],
@@ -30,6 +36,8 @@ rule plot:
         layers="results/summary/layers.csv",
         scores="results/summary/selector_scores.csv",
         summary="results/summary/summary.csv",
+        comparisons="results/summary/comparisons.csv",
+        selectors="results/summary/selectors.csv",
     output:
         layers=report("results/summary/figures/{dataset}.{slm}.{llm}.layers.svg", category="Figures",
                       subcategory="{dataset}", caption="../report/layers.rst"),
@@ -43,3 +51,19 @@ rule plot:
         "../../envs/pifi.yaml"
     script:
         "../scripts/plot.py"
+
+
+rule plot_selectors:
+    input:
+        selectors="results/summary/selectors.csv",
+    output:
+        figure=report("results/summary/figures/selectors.regret.svg", category="Figures", subcategory="Selectors",
+                      caption="../report/selectors.rst"),
+    log:
+        "results/logs/figures/selectors.log",
+    params:
+        code=code_version("plot_selectors.py"),
+    conda:
+        "../../envs/pifi.yaml"
+    script:
+        "../scripts/plot_selectors.py"

@@ -3,13 +3,14 @@
 from pathlib import Path
 
 from pifi.artifacts import write_json
-from pifi.job import start_job
+from pifi.job import config_base, start_job
 from pifi.model_sources import describe_model, resolve_model_dir
 
 log = start_job(snakemake)
 spec = snakemake.params.spec
 manifest_path = Path(snakemake.output.manifest)
-path = resolve_model_dir(snakemake.wildcards.model, spec, work_dir=manifest_path.parent)
+path = resolve_model_dir(snakemake.wildcards.model, spec, work_dir=manifest_path.parent,
+                         base_dir=config_base(snakemake))
 manifest = describe_model(snakemake.wildcards.model, path, trust_remote_code=spec.get("trust_remote_code", False))
 manifest["source"] = spec
 log.info("model %s: %s", snakemake.wildcards.model, manifest)

@@ -1,8 +1,10 @@
-"""The summary tables (CSV for machines) and their Markdown reading (for people)."""
+"""The summary tables (CSV for machines), their Markdown reading and the HTML report's first page (for people)."""
 
 from pifi.artifacts import write_text
 from pifi.job import start_job
-from pifi.summary import Bootstrap, build_tables, markdown_report
+from pifi.report_page import report_page
+from pifi.summary import Bootstrap, build_tables
+from pifi.summary_text import markdown_report
 
 log = start_job(snakemake)
 p = snakemake.params
@@ -14,4 +16,5 @@ for name, table in tables.items():
     write_text(snakemake.output[name], table.to_csv(index=False))
 report = markdown_report(tables, confidence=boot.confidence)
 write_text(snakemake.output.markdown, report)
+write_text(snakemake.output.page, report_page(tables, run=p.run, selection=p.selection, confidence=boot.confidence))
 log.info("\n%s", report)

@@ -8,14 +8,13 @@ STARTED_AT = time.time()
 import hashlib
 from pathlib import Path
 
-import pandas as pd
-
-from pifi.artifacts import read_json, read_safetensors, write_json, write_parquet, write_safetensors
+from pifi.artifacts import read_json, read_parquet, read_safetensors, write_json, write_parquet, write_safetensors
 from pifi.evaluation import predictions_frame
-from pifi.job import job_device, release_device, start_job
+from pifi.job import console_line, job_device, release_device, start_job
 from pifi.model import ModelSpec, build_classifier, count_parameters
 from pifi.model_sources import ModelRef
 from pifi.resume import ResumeStore, fingerprint
+from pifi.run_progress import report_finished_run
 from pifi.tokens import TokenizedSplit, capped_rows
 from pifi.training import TrainingConfig, seed_everything, train_and_predict
 
@@ -64,7 +63,7 @@ result, probabilities = train_and_predict(model, splits["train"], splits["valida
                                           device, resume=resume)
 del model
 release_device(device)  # the next job on this GPU slot starts while this one writes its outputs
-test = pd.read_parquet(inp.test, columns=["row_id", "label"]).iloc[rows["test"]]
+test = read_parquet(inp.test, columns=["row_id", "label"]).iloc[rows["test"]]
 run = {"dataset": wc.dataset, "slm": wc.slm, "llm": wc.get("llm"), "method": spec.method, "llm_layer": layer,
        "num_layers": num_layers, "seed": seed}
 best = result.history[result.best_epoch - 1]
@@ -80,3 +79,11 @@ write_json(out.timings, {"device": str(device), "compiled": result.compiled, "st
                          "started_at": round(STARTED_AT, 3), "finished_at": round(time.time(), 3),
                          "resumed_after_epoch": result.resumed_from_epoch})
 resume.clear()
+# The console line a person follows (Snakemake's own percentage falls as checkpoints add jobs).
+what = f"{wc.dataset}/{wc.slm} " + ("base" if layer is None else f"+ {wc.llm} layer {layer}") + f" seed {seed}"
+try:
+    console_line(report_finished_run(snakemake.config, what, validation_accuracy=best["validation_accuracy"],
+                                     best_epoch=result.best_epoch, epochs=cfg.epochs,
+                                     seconds=time.time() - STARTED_AT))
+except Exception:  # noqa: BLE001 - the run's outputs are written; a progress line must not fail it
+    log.exception("could not compute the progress line")
