@@ -8,19 +8,16 @@ either signal to its job processes (``forward_signals_to_jobs``, installed by th
 ``onstart``), and each job turns SIGTERM into the KeyboardInterrupt a Ctrl-C gives
 (``stop_on_signals``): training stops at once, its epoch checkpoints (``pifi.resume``) stay, and
 the job says "interrupted" in its log instead of printing a crash on the console. The run then
-ends with one line (``interrupted_line``, printed by ``onerror``).
+ends with one line (``print_interrupted``, called by ``onerror``).
 """
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 from collections.abc import Callable
 
 import psutil
-
-log = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 INTERRUPTED = ("PiFi: interrupted; run the same command again to resume "
@@ -48,27 +45,14 @@ def _forwarding_handler(previous: Callable | int | None) -> Callable:
     return handler
 
 
-def signal_job_processes(signum: int) -> int:
+def signal_job_processes(signum: int) -> None:
     """Send ``signum`` to every descendant of this process (the job shells and their Python);
-    return how many were signalled. Processes that ended meanwhile are skipped."""
-    children = psutil.Process().children(recursive=True)
-    sent = 0
-    for child in children:
+    processes that ended meanwhile are skipped."""
+    for child in psutil.Process().children(recursive=True):
         try:
             child.send_signal(signum)
-            sent += 1
         except psutil.NoSuchProcess:
             pass
-    return sent
-
-
-def was_interrupted() -> bool:
-    return bool(_received)
-
-
-def interrupted_line() -> str | None:
-    """The one line to print when the run ends after a signal; None when it ended otherwise."""
-    return INTERRUPTED if was_interrupted() else None
 
 
 def stop_on_signals() -> None:
@@ -85,7 +69,6 @@ def stop_on_signals() -> None:
 
 
 def print_interrupted(stream=None) -> None:
-    """``onerror``: the one line, if the run ended because of a signal."""
-    line = interrupted_line()
-    if line:
-        print(line, file=stream or sys.stderr, flush=True)
+    """``onerror``: the one line, if the run ended because of a signal (a failure prints nothing here)."""
+    if _received:
+        print(INTERRUPTED, file=stream or sys.stderr, flush=True)

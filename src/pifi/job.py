@@ -31,9 +31,8 @@ def start_job(snakemake) -> logging.Logger:
     """
     global _console
     stop_on_signals()
-    console = None
     if snakemake.log:
-        console = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)  # Snakemake's console
+        _console = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)  # Snakemake's console
         handle = open(snakemake.log[0], "a", buffering=1)
         os.dup2(handle.fileno(), sys.stderr.fileno())  # C-level output too
         sys.stderr = handle
@@ -43,8 +42,7 @@ def start_job(snakemake) -> logging.Logger:
         _quiet_progress_bars()
     logging.captureWarnings(True)
     warnings.simplefilter("once")  # a warning raised in a loop is logged once, not per step
-    _console = console
-    sys.excepthook = _report_failure(snakemake, console)
+    sys.excepthook = _report_failure(snakemake)
     # As many CPU threads as the rule was given: parallel jobs must not oversubscribe the cores.
     # torch is only imported by the jobs that use it; one imported later reads OMP_NUM_THREADS.
     threads = max(1, int(snakemake.threads))
@@ -89,16 +87,15 @@ def console_line(text: str) -> None:
     stream.flush()
 
 
-def _report_failure(snakemake, console):
+def _report_failure(snakemake):
     def hook(kind, error, tb):
         if issubclass(kind, KeyboardInterrupt):
             # Not a crash: Snakemake's process prints the one line that says how to resume.
             log.warning("interrupted (%s); finished epochs are kept for the resume", error or "Ctrl-C")
             return
         log.error("job failed:\n%s", "".join(traceback.format_exception(kind, error, tb)).rstrip())
-        line = failure_line(snakemake.rule, dict(snakemake.wildcards.items()), error,
-                            snakemake.log[0] if snakemake.log else None)
-        (console or sys.__stderr__).write(line + "\n")
+        console_line(failure_line(snakemake.rule, dict(snakemake.wildcards.items()), error,
+                                  snakemake.log[0] if snakemake.log else None))
 
     return hook
 

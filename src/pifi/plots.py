@@ -24,6 +24,7 @@ from matplotlib.lines import Line2D
 from matplotlib.transforms import blended_transform_factory, offset_copy
 
 from pifi.artifacts import atomic_path
+from pifi.summary_text import signed
 
 SWEEP_COLUMNS = ("layer", "val_mean", "val_low", "val_high", "test_mean", "test_low", "test_high")
 COMPARISON_COLUMNS = ("a", "b", "difference", "low", "high", "significant")
@@ -116,7 +117,7 @@ class PairedDifference:
     @property
     def text(self) -> str:
         """The value as printed next to the row, e.g. "+7.5 [+4.1, +11.0]"."""
-        return f"{self.difference:+.1f} [{self.low:+.1f}, {self.high:+.1f}]"
+        return f"{signed(self.difference)} [{signed(self.low)}, {signed(self.high)}]"
 
 
 def _method_label(method: str, layer) -> str:
@@ -277,7 +278,7 @@ class SelectorRow:
     def regret_text(self) -> str:
         if not math.isfinite(self.regret):
             return "-"
-        return f"{self.regret:+.1f}" + ("*" if self.regret_significant else "")
+        return signed(self.regret) + ("*" if self.regret_significant else "")
 
 
 def selector_rows(selector_scores: Mapping[str, Sequence[float]], chosen: Mapping[str, int],
@@ -485,7 +486,7 @@ class RegretMatrix:
         value = self.values[row, column]
         if not math.isfinite(value):
             return "-"
-        text = f"{round(value, 1) + 0.0:+.1f}"  # + 0.0 turns a rounded -0.0 into +0.0
+        text = signed(value)
         if column == len(self.columns) - 1:
             datasets = len(self.columns) - 1
             return text if self.counts[row] == datasets else f"{text} (n={self.counts[row]})"

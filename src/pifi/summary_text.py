@@ -38,9 +38,14 @@ def words(items: Sequence[Any]) -> str:
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
+def signed(value: float, decimals: int = 1) -> str:
+    """A signed number as people read it, e.g. 7.5 -> '+7.5'; never '-0.0'."""
+    return f"{round(float(value), decimals) + 0.0:+.{decimals}f}"  # + 0.0 turns a rounded -0.0 into +0.0
+
+
 def points(value: float, decimals: int = 1) -> str:
     """A share as signed points, e.g. 0.075 -> '+7.5'; never '-0.0'."""
-    return f"{round(100 * float(value), decimals) + 0.0:+.{decimals}f}"
+    return signed(100 * float(value), decimals)
 
 
 def difference_text(difference: float, low: float, high: float, decimals: int = 1) -> str:

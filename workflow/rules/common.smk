@@ -205,7 +205,7 @@ def planned_layers(llm):
 
 def chosen_layers(dataset, slm, llm):
     """The layers only the selection names (known once the select_layer checkpoint ran), not planned ones."""
-    if "pifi_ilm" not in RUN["methods"]:
+    if "pifi_ilm" not in RUN["methods"]:  # before asking the select_layer checkpoint, which would wait
         return set()
     chosen = run_plan.chosen_layers(RUN["methods"], selected_layers(dataset, slm, llm), SELECTION["selector"])
     return chosen - planned_layers(llm)
