@@ -8,7 +8,7 @@ import jsonschema
 import pytest
 import yaml
 
-from pifi.config import (ConfigError, check_config_keys, check_data_limits, check_llm_limits, check_run_names,
+from pifi.config import (ConfigError, repeated_items, check_config_keys, check_data_limits, check_llm_limits, check_run_names,
                          check_selection_limits, coerce_command_line_strings, sweep_layer_set, unknown_keys,
                          unsafe_names)
 from tiny_project import REPO
@@ -53,6 +53,27 @@ def test_unknown_key_is_named_with_the_allowed_ones(config):
     message = str(error.value)
     assert "config.selection.top_pcc: unknown key" in message and "top_pc" in message
     assert "config.datasets.sst2.txt_column: unknown key" in message and "text_column" in message
+
+
+@pytest.mark.parametrize("path, value", [
+    (("run", "seeds"), [2023, 2024, 2023]), (("run", "datasets"), ["sst2", "imdb", "sst2"]),
+    (("run", "slms"), ["bert", "bert"]), (("run", "llms"), ["qwen2_0.5b", "qwen2_0.5b"]),
+    (("run", "methods"), ["base", "pifi_ilm", "base"]), (("selection", "selectors"), ["first", "fisher", "first"]),
+    (("sweep", "layers"), [0, 4, 4]),
+])
+def test_a_name_listed_twice_is_refused_with_its_key_and_value(config, path, value):
+    section, key = path
+    config.setdefault(section, {})[key] = value
+    with pytest.raises(ConfigError) as error:
+        check_config_keys(config, SCHEMA_PATH)
+    repeated = value[-1]
+    assert f"config.{section}.{key}: {repeated!r} is listed more than once" in str(error.value)
+    assert str(error.value).count("listed more than once") == 1
+
+
+def test_a_list_without_repeats_passes_the_repeat_check(schema, config):
+    config.setdefault("sweep", {})["layers"] = [0, 4, -1]
+    assert repeated_items(config, schema) == []
 
 
 def test_registry_entries_may_have_any_name(schema, config):

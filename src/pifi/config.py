@@ -127,10 +127,41 @@ def _yaml_scalar(value: Any) -> Any:
     return value
 
 
+def repeated_items(config: Any, schema: Mapping[str, Any], root: Mapping[str, Any] | None = None,
+                   where: str = "config") -> list[str]:
+    """Messages for values listed twice in a list the schema marks ``uniqueItems`` (seeds, datasets, ...).
+
+    A repeated seed would count twice in every bootstrap and narrow each interval: refused, not merged.
+    """
+    root = root if root is not None else schema
+    schema = _resolve(schema, root)
+    if isinstance(config, list):
+        branches = [schema, *schema.get("oneOf", []), *schema.get("anyOf", [])]
+        if any(_resolve(branch, root).get("uniqueItems") for branch in branches):
+            seen, repeated = set(), []
+            for value in config:
+                key = repr(value)
+                if key in seen and value not in repeated:
+                    repeated.append(value)
+                seen.add(key)
+            return [f"{where}: {value!r} is listed more than once; list each value once" for value in repeated]
+        return []
+    if not isinstance(config, Mapping):
+        return []
+    properties, extra = schema.get("properties", {}), schema.get("additionalProperties", True)
+    problems = []
+    for key, value in config.items():
+        if key in properties:
+            problems += repeated_items(value, properties[key], root, f"{where}.{key}")
+        elif isinstance(extra, Mapping):
+            problems += repeated_items(value, extra, root, f"{where}.{key}")
+    return problems
+
+
 def check_config_keys(config: Mapping[str, Any], schema_path: str | Path) -> None:
-    """Raise ConfigError naming every unknown key (and what is allowed there)."""
+    """Raise ConfigError naming every unknown key (and what is allowed there) and every repeated name."""
     schema = yaml.safe_load(Path(schema_path).read_text())
-    problems = unknown_keys(config, schema) + unsafe_names(config)
+    problems = unknown_keys(config, schema) + unsafe_names(config) + repeated_items(config, schema)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
