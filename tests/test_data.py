@@ -105,6 +105,26 @@ def test_carve_validation_keeps_class_proportions():
     assert len(train) == 72
 
 
+def test_a_class_too_rare_to_carve_validation_is_named_with_the_ways_out(tmp_path):
+    directory = tmp_path / "ds"
+    train = [{"text": f"text {i}", "label": 0 if i < 19 else 1} for i in range(19)] + [{"text": "lone", "label": 2}]
+    write_split(directory, "train", train)
+    write_split(directory, "test", [{"text": f"test {i}", "label": i % 3} for i in range(9)])
+    with pytest.raises(DatasetError) as error:
+        prepare_splits("ds", local_spec(directory))
+    message = str(error.value)
+    assert "dataset 'ds'" in message and "class 2 has 1 row" in message
+    assert "provide a validation split" in message and "label_map" in message
+    assert "least populated" not in message
+
+
+def test_a_validation_fraction_too_small_for_the_classes_is_refused():
+    frame = pd.DataFrame({"row_id": [f"train-{i:06d}" for i in range(30)], "text": ["x"] * 30,
+                          "label": [0, 1, 2] * 10})
+    with pytest.raises(DatasetError, match=r"dataset 'd': data.validation_fraction 0.05 of 30 train rows gives 2"):
+        carve_validation(frame, 0.05, seed=0, name="d")
+
+
 def test_missing_columns_name_the_file_and_the_columns(tmp_path):
     directory = tmp_path / "ds"
     write_split(directory, "train", [{"sentence": r["text"], "label": r["label"]} for r in rows(20)])

@@ -322,8 +322,26 @@ def _labels_as_classes(labels: pd.Series, where: str, line_numbers: np.ndarray |
     return keys.astype("int64")
 
 
-def carve_validation(train: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split a stratified, seeded validation set off the training rows."""
+def carve_validation(train: pd.DataFrame, fraction: float, seed: int, *, name: str = "?",
+                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split a stratified, seeded validation set off the training rows.
+
+    Every class needs a row on each side: checked first, so a rare class is named with its dataset
+    and the ways out, instead of scikit-learn's "least populated class" error.
+    """
+    counts = train["label"].value_counts().sort_index()
+    rare = {int(label): int(n) for label, n in counts.items() if n < 2}
+    ways_out = ("provide a validation split (validation.jsonl or a hub validation split), or drop or merge "
+                "the class with label_map")
+    if rare:
+        described = ", ".join(f"class {label} has {n} row" for label, n in rare.items())
+        raise DatasetError(f"dataset {name!r}: cannot carve a stratified validation split from train: {described} "
+                           f"(each class needs at least 2, one for each side); {ways_out}")
+    n_validation = math.ceil(fraction * len(train))
+    if n_validation < len(counts) or len(train) - n_validation < len(counts):
+        raise DatasetError(f"dataset {name!r}: data.validation_fraction {fraction} of {len(train)} train rows gives "
+                           f"{n_validation} validation row(s) for {len(counts)} classes; each side needs one row of "
+                           f"every class: raise or lower validation_fraction, or {ways_out}")
     train_rows, validation_rows = train_test_split(
         train, test_size=fraction, random_state=seed, stratify=train["label"]
     )
@@ -466,7 +484,8 @@ def _load_and_standardise(
         for split, frame in raw.items()
     }
     if "validation" not in splits:
-        splits["train"], splits["validation"] = carve_validation(splits["train"], validation_fraction, seed)
+        splits["train"], splits["validation"] = carve_validation(splits["train"], validation_fraction, seed,
+                                                                      name=name)
     return splits
 
 
