@@ -6,6 +6,7 @@ Fixtures only: no autouse hooks, so other test modules are not affected.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,15 @@ def tiny_qwen2_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("qwen2") / "tiny_qwen2"
     model.save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def umask_022(monkeypatch):
+    """The usual umask for one test: set for the process and for pifi.artifacts, which learns it once
+    at import (it never toggles the process's umask while other threads write)."""
+    import pifi.artifacts
+
+    previous = os.umask(0o022)
+    monkeypatch.setattr(pifi.artifacts, "_UMASK", 0o022)
+    yield
+    os.umask(previous)

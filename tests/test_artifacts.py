@@ -198,7 +198,7 @@ def test_a_changed_metadata_value_is_refused(tmp_path):
 def test_file_without_checksum_is_refused(tmp_path):
     path = tmp_path / "old.safetensors"
     safetensors.torch.save_file(_tensors(), str(path), metadata={"num_layers": "3"})
-    assert f"no {CHECKSUM_KEY!r} checksum" in _damage_message(path)
+    assert f"checksum key {CHECKSUM_KEY!r} is missing or damaged" in _damage_message(path)
 
 
 def test_garbage_header_is_refused(tmp_path):
@@ -280,7 +280,7 @@ def test_json_checksum_covers_content_not_layout(tmp_path):
 def test_json_without_checksum_or_not_json_is_refused_with_its_name(tmp_path):
     path = tmp_path / "effects.json"
     path.write_text('{"effects": [0.1]}')
-    assert f"no {CHECKSUM_KEY!r} checksum" in _refusal(path, read_json)
+    assert f"checksum key {CHECKSUM_KEY!r} is missing or damaged" in _refusal(path, read_json)
     path.write_text('{"effects": [0.1')
     assert "not valid JSON" in _refusal(path, read_json)
     path.write_bytes(b'{"a": "\xff"}')
@@ -325,7 +325,7 @@ def test_parquet_with_a_changed_value_or_no_checksum_is_refused(tmp_path):
     pq.write_table(table.set_column(1, "label", [labels]), path)
     assert "checksum does not match" in _refusal(path, read_parquet)
     _predictions().to_parquet(path, index=False)
-    assert f"no {CHECKSUM_KEY!r} checksum" in _refusal(path, read_parquet)
+    assert f"checksum key {CHECKSUM_KEY!r} is missing or damaged" in _refusal(path, read_parquet)
     path.write_bytes(b"PAR1 not parquet PAR1")
     assert "cannot be read as parquet" in _refusal(path, verify_parquet)
 
@@ -413,13 +413,6 @@ def test_bit_flips_across_a_safetensors_artifact_are_caught_or_harmless(tmp_path
 
 # --- atomic directories -------------------------------------------------------------------------------
 
-@pytest.fixture
-def umask_022():
-    previous = os.umask(0o022)
-    yield
-    os.umask(previous)
-
-
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
@@ -471,3 +464,56 @@ def test_atomic_dir_replaces_a_symlink_without_touching_its_target(tmp_path):
         (tmp / "model.safetensors").write_bytes(b"x")
     assert not (work / "weights").is_symlink() and (work / "weights" / "model.safetensors").exists()
     assert (outside / "keep.txt").read_text() == "precious"
+
+
+# --- a checksum key that is missing ---------------------------------------------------------------
+
+def test_a_missing_checksum_key_is_called_missing_or_damaged(tmp_path):
+    path = tmp_path / "a.json"
+    write_json(path, {"x": 1})
+    path.write_text(path.read_text().replace(CHECKSUM_KEY, CHECKSUM_KEY + "X"))  # one byte of the key's name
+    with pytest.raises(ArtifactError) as error:
+        read_json(path)
+    assert f"its checksum key {CHECKSUM_KEY!r} is missing or damaged" in str(error.value)
+    assert "before checksums were added" not in str(error.value)
+    assert REBUILD_HINT in str(error.value) and REBUILD_HINT not in error.value.problem
+
+
+# --- the umask, learned once -------------------------------------------------------------------------
+
+_TWO_THREADS = """
+import os, stat, sys, threading
+os.umask(0o077)
+from pifi.artifacts import write_json
+calls = []
+real_umask = os.umask
+os.umask = lambda mask: calls.append(mask) or real_umask(mask)
+out = sys.argv[1]
+done = threading.Event()
+
+def writer():
+    for i in range(300):
+        write_json(os.path.join(out, f"artifact{i}.json"), {"i": i})
+    done.set()
+
+thread = threading.Thread(target=writer)
+thread.start()
+plain = 0
+while not done.is_set() or plain < 300:
+    with open(os.path.join(out, f"plain{plain}.txt"), "w") as handle:
+        handle.write("x")
+    plain += 1
+thread.join()
+modes = {stat.S_IMODE(os.stat(os.path.join(out, name)).st_mode) for name in os.listdir(out)}
+print(sorted(modes), len(calls))
+"""
+
+
+def test_no_file_gets_a_wider_mode_than_the_umask_while_another_thread_writes(tmp_path):
+    """Atomic writes on a background thread (epoch checkpoints) never touch the process's umask:
+    the main thread's files keep 0600 under umask 077, and so do the artifacts."""
+    result = subprocess.run([sys.executable, "-c", _TWO_THREADS, str(tmp_path)], capture_output=True, text=True,
+                            check=True)
+    modes, umask_calls = result.stdout.split("] ")
+    assert modes == "[384"  # 0o600 and nothing else
+    assert int(umask_calls) == 0

@@ -308,15 +308,9 @@ def test_save_and_load_states_round_trip(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["states.safetensors"]  # no temporary file left
 
 
-def test_saved_states_get_the_usual_file_permissions(tmp_path):
-    import os
-
-    old = os.umask(0o022)
-    try:
-        save_states(tmp_path / "states.safetensors", torch.zeros(1, 2, 3), [0, 1])
-        (tmp_path / "plain.txt").write_text("x")
-    finally:
-        os.umask(old)
+def test_saved_states_get_the_usual_file_permissions(tmp_path, umask_022):
+    save_states(tmp_path / "states.safetensors", torch.zeros(1, 2, 3), [0, 1])
+    (tmp_path / "plain.txt").write_text("x")
     plain_mode = (tmp_path / "plain.txt").stat().st_mode & 0o777
     assert plain_mode == 0o644
     assert (tmp_path / "states.safetensors").stat().st_mode & 0o777 == plain_mode

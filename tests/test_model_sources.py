@@ -273,13 +273,6 @@ def test_safe_model_names_pass(name):
 
 
 @pytest.fixture
-def umask_022():
-    previous = os.umask(0o022)
-    yield
-    os.umask(previous)
-
-
-@pytest.fixture
 def fake_gguf_package(tmp_path, monkeypatch, tiny_llama_dir):
     """A package holding a .gguf file whose 'conversion' saves the tiny Llama with private permissions."""
     import transformers

@@ -57,7 +57,15 @@ _READ_CHUNK_BYTES = 1 << 24
 
 
 class ArtifactError(ValueError):
-    """An artifact on disk that is damaged, incomplete or from an older version of the pipeline."""
+    """An artifact on disk that is damaged, incomplete or from an older version of the pipeline.
+
+    ``problem`` is what was found, without the advice to delete the file (a caller that ignores the
+    file, like resuming from an epoch checkpoint, says what it does instead).
+    """
+
+    def __init__(self, message: str, problem: str | None = None):
+        super().__init__(message)
+        self.problem = problem if problem is not None else message
 
 
 # --- atomic writes -------------------------------------------------------------------------------------
@@ -122,10 +130,19 @@ def _replace_dir(new: Path, path: Path) -> None:
     shutil.rmtree(old)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    """The process's umask. Reading it means setting it, so this runs once, at import, before any
+    thread of ours writes: toggling it later would widen a file another thread creates meanwhile."""
+    mask = os.umask(0o077)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
+
+
+def _umask() -> int:
+    return _UMASK
 
 
 # --- JSON, parquet, text -------------------------------------------------------------------------------
@@ -171,8 +188,7 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
         raise _damaged(path, f"it holds a JSON {type(parsed).__name__}, not the object write_json writes")
     expected = parsed.pop(CHECKSUM_KEY, None)
     if expected is None:
-        raise _damaged(path, f"it has no {CHECKSUM_KEY!r} checksum (written before checksums were added, "
-                             "or not by pifi)")
+        raise _damaged(path, _NO_CHECKSUM)
     if expected != _json_checksum(parsed):
         raise _damaged(path, _CHANGED)
     return parsed
@@ -239,8 +255,7 @@ def _verified_table(path: Path) -> Any:
         message = " ".join(str(error).split())[:300]
         raise _damaged(path, f"it cannot be read as parquet ({type(error).__name__}: {message})") from error
     if expected is None:
-        raise _damaged(path, f"it has no {CHECKSUM_KEY!r} checksum (written before checksums were added, "
-                             "or not by pifi)")
+        raise _damaged(path, _NO_CHECKSUM)
     if expected.decode("utf-8", "replace") != actual:
         raise _damaged(path, _CHANGED)
     return table
@@ -384,8 +399,13 @@ _CHANGED = ("its checksum does not match its contents (the file was changed or c
             "written)")
 
 
+_NO_CHECKSUM = (f"its checksum key {CHECKSUM_KEY!r} is missing or damaged (the file was changed after it was "
+                "written, or not written by pifi)")
+
+
 def _damaged(path: str | os.PathLike, problem: str) -> ArtifactError:
-    return ArtifactError(f"{path}: {problem}; delete it and rerun: Snakemake will rebuild it from its inputs")
+    return ArtifactError(f"{path}: {problem}; delete it and rerun: Snakemake will rebuild it from its inputs",
+                         problem=f"{path}: {problem}")
 
 
 def _verified_metadata(path: Path) -> dict[str, str]:
@@ -399,8 +419,7 @@ def _verified_metadata(path: Path) -> dict[str, str]:
         metadata = dict(header.get("__metadata__") or {})
         expected = metadata.pop(CHECKSUM_KEY, None)
         if expected is None:
-            raise _damaged(path, f"it has no {CHECKSUM_KEY!r} checksum (written before checksums were added, "
-                                 "or not by pifi)")
+            raise _damaged(path, _NO_CHECKSUM)
         actual = _checksum(metadata, entries, lambda begin, end: _read_chunks(handle, data_start + begin, end - begin))
     if actual != expected:
         raise _damaged(path, _CHANGED)

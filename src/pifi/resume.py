@@ -93,7 +93,8 @@ class ResumeStore:
             tensors, metadata = read_safetensors(self.path, framework="pt")
             meta = json.loads(metadata["state"])
         except (ArtifactError, KeyError, ValueError) as error:
-            log.warning("ignoring an unreadable epoch checkpoint (%s); training from the start", error)
+            found = error.problem if isinstance(error, ArtifactError) else f"{self.path}: {error}"
+            log.warning("corrupt epoch checkpoint ignored; training restarts from epoch 1 (%s)", found)
             return None
         if meta.get("fingerprint") != self.fingerprint:
             log.info("ignoring the epoch checkpoint in %s: it was made with other settings", self.directory)
