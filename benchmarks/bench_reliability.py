@@ -46,10 +46,10 @@ import pandas as pd
 import torch
 
 from common import REPO, RESULTS, machine_info, print_table
-from pifi.artifacts import ArtifactError, read_safetensors, write_json, write_parquet, write_safetensors
+from pifi.artifacts import ArtifactError, read_json, read_safetensors, write_json, write_parquet, write_safetensors
 from pifi.config import (ConfigError, check_config_keys, check_data_limits, check_llm_limits, check_selection_limits,
                          sweep_layer_set)
-from pifi.data import DatasetError, prepare_splits
+from pifi.data import DatasetError, overlap_line, prepare_dataset, prepare_splits
 from pifi.gpu import UnsafeLockError, claim_gpus, release_gpus
 from pifi.model_sources import ModelRef, ModelSourceError, resolve_model_dir
 
@@ -254,6 +254,33 @@ def case_key(name: str, registry: str = "datasets") -> Callable[[Path], Outcome]
     return case
 
 
+def case_repeated(section: str, key: str, values: list[Any]) -> Callable[[Path], Outcome]:
+    def case(tmp: Path) -> Outcome:
+        return refused(lambda: check_config_keys({section: {key: values}}, SCHEMA),
+                       mention=(f"config.{section}.{key}: {values[-1]!r} is listed more than once",))
+    return case
+
+
+def case_rare_class(tmp: Path) -> Outcome:
+    """A class with one training row and no validation file: carving a stratified validation split fails."""
+    records = good_records() + [{"text": "the only row of class 2", "label": 2}]
+    directory = write_jsonl_dir(tmp / "data", [json.dumps(r) for r in records])
+    return refused(prepare(directory), mention=("dataset 'bad_data'", "class 2 has 1 row", "provide a validation split"))
+
+
+def case_overlap_shown(tmp: Path) -> Outcome:
+    """Test rows copied from train, with the default split_overlap (warn): kept, and said on the console."""
+    directory = write_jsonl_dir(tmp / "data", [json.dumps(r) for r in good_records()])
+    test = good_records()[:3] + [{"text": f"unseen test row {i}", "label": i % 2} for i in range(7)]
+    (directory / "test.jsonl").write_text("\n".join(json.dumps(r) for r in test) + "\n", encoding="utf-8")
+    splits, checks = prepare_dataset("bad_data", {"source": "local", "path": str(directory)})
+    line = overlap_line("bad_data", checks["split_overlap"], test_rows=len(splits["test"])) or ""
+    shared = checks["split_overlap"]["train_test"] + checks["split_overlap"]["validation_test"]
+    problems = () if shared == 3 and "test row(s) also in" in line else (
+        f"console line {line!r} for {shared} shared test rows",)
+    return Outcome("shown" if not problems else "wrong", message=first_line(line), problems=problems)
+
+
 def case_blank(fmt: str, value: str) -> Callable[[Path], Outcome]:
     def case(tmp: Path) -> Outcome:
         if fmt == "jsonl":
@@ -369,6 +396,46 @@ def case_safetensors(damage: str) -> Callable[[Path], Outcome]:
     return case
 
 
+def case_json_checksum_key(tmp: Path) -> Outcome:
+    path = tmp / "metrics.json"
+    write_json(path, {"accuracy": 0.5})
+    path.write_text(path.read_text().replace("pifi_sha256", "pifi_sha25"))  # one byte less in the key's name
+    return refused(lambda: read_json(path), mention=(str(path), "missing or damaged"))
+
+
+_UMASK_STRESS = """
+import os, stat, sys, threading
+os.umask(0o077)
+from pifi.artifacts import write_json
+out, writes = sys.argv[1], int(sys.argv[2])
+done = threading.Event()
+def writer():
+    for i in range(writes):
+        write_json(os.path.join(out, f"artifact{i}.json"), {"i": i})
+    done.set()
+thread = threading.Thread(target=writer)
+thread.start()
+plain = 0
+while not done.is_set():
+    open(os.path.join(out, f"plain{plain}.txt"), "w").close()
+    plain += 1
+thread.join()
+wide = [name for name in os.listdir(out) if stat.S_IMODE(os.stat(os.path.join(out, name)).st_mode) & 0o077]
+print(plain, writes, len(wide))
+"""
+
+
+def case_umask_threads(tmp: Path) -> Outcome:
+    """Atomic writes on a background thread (as epoch checkpoints are) while the main thread creates
+    files, under umask 077: no file may be readable by others (the umask is never toggled)."""
+    result = subprocess.run([sys.executable, "-c", _UMASK_STRESS, str(tmp), "3000"], capture_output=True, text=True,
+                            timeout=120, check=True)
+    plain, writes, wide = (int(n) for n in result.stdout.split())
+    message = f"{plain} files created beside {writes} atomic writes: {wide} with a mode wider than 0600"
+    return Outcome("safe" if wide == 0 else "wrong", message=message,
+                   problems=() if wide == 0 else (message,))
+
+
 def case_selection(mention: tuple[Mention, ...], **changes: Any) -> Callable[[Path], Outcome]:
     def case(tmp: Path) -> Outcome:
         return refused(lambda: check_selection_limits({"selection": {**SELECTION, **changes}}), mention=mention)
@@ -443,6 +510,12 @@ BAD_INPUTS: list[tuple[str, str, str, Callable[[Path], Outcome]]] = [
     ("config", "model key 'a/b'", "refused", case_key("a/b", "models")),
     ("config", "dataset key '.hidden'", "refused", case_key(".hidden")),
     ("config", "dataset key 'x\\n' (trailing newline)", "refused", case_key("x\n")),
+    ("config", "run.seeds [1, 1]", "refused", case_repeated("run", "seeds", [1, 1])),
+    ("config", "run.datasets listed twice", "refused", case_repeated("run", "datasets", ["sst2", "sst2"])),
+    ("config", "selection.selectors listed twice", "refused", case_repeated("selection", "selectors", ["first", "first"])),
+    ("config", "sweep.layers [0, 4, 4]", "refused", case_repeated("sweep", "layers", [0, 4, 4])),
+    ("data", "class with one train row, no validation file", "refused", case_rare_class),
+    ("data", "3 test rows copied from train (split_overlap: warn)", "shown", case_overlap_shown),
     ("data", "blank text in JSONL", "refused", case_blank("jsonl", "")),
     ("data", "whitespace-only text in JSONL", "refused", case_blank("jsonl", "  \t ")),
     ("data", "blank text in CSV", "refused", case_blank("csv", "")),
@@ -463,6 +536,8 @@ BAD_INPUTS: list[tuple[str, str, str, Callable[[Path], Outcome]]] = [
     ("artifact", "same-size corrupted safetensors (data)", "refused", case_safetensors("flipped")),
     ("artifact", "same-size corrupted safetensors (header)", "refused", case_safetensors("header")),
     ("artifact", "safetensors without checksum", "refused", case_safetensors("unchecked")),
+    ("artifact", "JSON whose checksum key is damaged", "refused", case_json_checksum_key),
+    ("artifact", "atomic writes on a thread, umask 077", "safe", case_umask_threads),
     ("selection", "top_pc > n_pcs", "refused", case_selection(("selection.top_pc (20)",), top_pc=20)),
     ("selection", "n_pcs > n_samples", "refused",
      case_selection(("selection.n_samples (10)",), n_pcs=16, n_samples=10)),

@@ -9,7 +9,7 @@ import re
 import pandas as pd
 import pytest
 
-from pifi.data import DatasetError, cap_rows, carve_validation, prepare_splits, stratified_sample
+from pifi.data import DatasetError, cap_rows, carve_validation, overlap_line, prepare_splits, stratified_sample
 from pifi.demo_data import DEMO_DATASETS, SPLIT_SIZES, demo_splits
 
 
@@ -656,3 +656,12 @@ def test_a_train_class_absent_from_test_is_a_warning_naming_it(tmp_path, caplog)
     assert checks["absent_classes"] == {"validation": [], "test": [2]}
     assert "train class(es) [2] absent from test" in caplog.text
     assert sorted(splits["test"]["label"].unique()) == [0, 1]
+
+
+def test_overlap_line_names_counts_splits_and_setting():
+    overlap = {"mode": "warn", "train_validation": 2, "train_test": 6, "validation_test": 0, "test_rows_dropped": 0}
+    assert overlap_line("ds", overlap, test_rows=30) == (
+        "PiFi data ds: texts shared between splits: 6 test row(s) also in train, 2 validation row(s) also in train "
+        "(30 test rows kept; data.split_overlap: warn)")
+    clean = {"mode": "warn", "train_validation": 0, "train_test": 0, "validation_test": 0, "test_rows_dropped": 0}
+    assert overlap_line("ds", clean, test_rows=30) is None

@@ -470,3 +470,44 @@ def test_markdown_verdict_without_sweep_has_no_regret(no_sweep_tables):
 def test_points_are_rounded_for_people():
     assert difference_text(0.07499999999999996, 0.040975000000000227, 0.11) == "+7.5 [+4.1, +11.0]"
     assert difference_text(-0.0001, -0.026000000000000023, 0.0) == "+0.0 [-2.6, +0.0]"  # never "-0.0"
+
+
+# --- data checks ---------------------------------------------------------------------------------
+
+def _info(root, dataset: str, *, train_test: int, validation_test: int = 0, dropped: int = 0, mode: str = "warn"):
+    path = root / "results/data" / dataset / "info.json"
+    write_json(path, {"dataset": dataset, "splits": {"test": {"rows": 50}},
+                      "checks": {"split_overlap": {"mode": mode, "train_validation": 1, "train_test": train_test,
+                                                   "validation_test": validation_test,
+                                                   "test_rows_dropped": dropped}}})
+    return str(path)
+
+
+def test_test_rows_shared_with_train_are_a_warning_in_the_verdict(project, tmp_path):
+    from pifi.report_page import report_page
+
+    files = project[0]
+    tables = build_tables(files["metrics"], files["selections"], files["scores"], methods=ALL_METHODS, sweep=SWEEP,
+                          boot=BOOT, info_files=[_info(tmp_path, DATASET, train_test=3, validation_test=2)])
+    assert tables["data_checks"].to_dict("records") == [
+        {"dataset": DATASET, "test_rows": 50, "train_validation": 1, "train_test": 3, "validation_test": 2,
+         "test_rows_dropped": 0, "split_overlap": "warn"}]
+    warning = "Warning: test rows share their text with train (3) or validation (2) of 50"
+    verdict = next(line for line in markdown_report(tables).splitlines() if line.startswith(f"- **{DATASET}**"))
+    assert warning in verdict and verdict.endswith("(`data.split_overlap: warn`): the test score partly measures memory.")
+    page = report_page(tables, run={"datasets": [DATASET], "slms": [SLM], "llms": [LLM], "methods": ALL_METHODS,
+                                    "seeds": [1, 2, 3]}, selection={"selector": "ilm_pc_patching", "selectors": [], "n_samples": 40,
+                                               "split": "train"})
+    assert warning in page.split("\nMethods\n")[0]  # on the first screen, in the verdict
+
+
+def test_dropped_or_absent_overlap_reads_as_such(project, tmp_path):
+    files = project[0]
+    dropped = build_tables(files["metrics"], files["selections"], files["scores"], methods=ALL_METHODS, sweep=SWEEP,
+                           boot=BOOT, info_files=[_info(tmp_path / "a", DATASET, train_test=4, dropped=4,
+                                                        mode="drop_test")])
+    assert "Warning: 4 test row(s) shared their text with train or validation and were dropped" in \
+        markdown_report(dropped)
+    clean = build_tables(files["metrics"], files["selections"], files["scores"], methods=ALL_METHODS, sweep=SWEEP,
+                         boot=BOOT, info_files=[_info(tmp_path / "b", DATASET, train_test=0)])
+    assert "share their text" not in markdown_report(clean)  # train-validation sharing alone is no test leakage

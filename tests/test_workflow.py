@@ -23,12 +23,13 @@ import yaml
 
 from pifi.model import ModelSpec
 from pifi.selection import load_pcas
-from tiny_project import LLM_LAYERS, REPO, write_tiny_project
+from tiny_project import LLM_LAYERS, REPO, leak_test_rows, write_tiny_project
 
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 SEED_KEYS = ["task", "dataset", "slm_type", "llm_type", "n_samples", "n_pcs", "top_pc", "effects",
              "best_llm_layer", "seed"]
 METHODS = ["base", "pifi_last", "pifi_ilm", "pifi_oracle"]
+LEAKED_TEST_ROWS = 4  # topics' first test rows are copies of training rows
 
 
 def snakemake(workflow: Path, workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -49,7 +50,8 @@ def scheduled_jobs(dry_run_output: str) -> dict[str, int]:
 def executed(log: str) -> list[tuple[str, str]]:
     """(rule, wildcards) of every job a real run executed, from the job blocks of Snakemake's log."""
     jobs = []
-    for block in re.split(r"\n\s*\n", log):
+    # A job block starts at its head line; two jobs started in one second share a paragraph.
+    for block in re.split(r"\n(?=(?:local)?(?:rule|checkpoint) \w+:$)", log, flags=re.MULTILINE):
         head = re.search(r"^(?:local)?(?:rule|checkpoint) (\w+):$", block, flags=re.MULTILINE)
         if head:
             wildcards = re.search(r"^    wildcards: (.*)$", block, flags=re.MULTILINE)
@@ -87,6 +89,7 @@ def project(tmp_path_factory):
     workflow = copy_workflow(root)
     workdir = root / "work"
     config = write_tiny_project(workdir)
+    leak_test_rows(workdir / "data" / "topics", LEAKED_TEST_ROWS)  # the default split_overlap (warn) keeps them
     result = snakemake(workflow, workdir, "--configfile", str(config))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return workflow, workdir, config, result.stderr
@@ -299,6 +302,54 @@ def test_changing_the_selector_retrains_nothing_already_trained(project):
     assert (table.loc[table["method"] == "pifi_ilm", "llm_layer"].astype(str) == str(LLM_LAYERS // 2)).all()
     selectors = pd.read_csv(workdir / "results/summary/selectors.csv")
     assert set(selectors.loc[selectors["drives_pifi_ilm"], "selector"]) == {"middle"}
+
+
+def test_test_rows_copied_from_train_are_shown_on_the_console_in_the_verdict_and_the_report(project):
+    _, workdir, _, log = project
+    assert ("PiFi data topics: texts shared between splits: "
+            f"{LEAKED_TEST_ROWS} test row(s) also in train (96 test rows kept; data.split_overlap: warn)") in log
+    assert "PiFi data sentiment" not in log  # a clean dataset says nothing
+    warning = f"Warning: test rows share their text with train ({LEAKED_TEST_ROWS}) or validation (0) of 96"
+    verdicts = (workdir / "results/summary/summary.md").read_text().split("## Methods")[0]
+    topics = next(line for line in verdicts.splitlines() if line.startswith("- **topics**"))
+    assert warning in topics and "`data.split_overlap: warn`" in topics
+    assert not any(warning in line for line in verdicts.splitlines() if line.startswith("- **sentiment**"))
+    page = (workdir / "results/summary/report.rst").read_text()
+    assert warning in page.split("\nMethods\n")[0]
+    checks = pd.read_csv(workdir / "results/summary/data_checks.csv").set_index("dataset")
+    assert checks.loc["topics", "train_test"] == LEAKED_TEST_ROWS and checks.loc["sentiment", "train_test"] == 0
+
+
+def test_a_changed_summary_table_stops_plot_naming_it(project):
+    """The figures read the summary's parquet copies, which carry a checksum: one accuracy changed in
+    layers.parquet (mtime kept) stops plot with one line naming the file; editing the CSV changes nothing drawn."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    workflow, workdir, config, _ = project
+    assert snakemake(workflow, workdir, "--configfile", str(config)).returncode == 0  # up to date after other tests
+    path = workdir / "results/summary/layers.parquet"
+    figures = sorted((workdir / "results/summary/figures").glob("*.svg"))
+    original, stat = path.read_bytes(), path.stat()
+    drawn = {figure: figure.read_bytes() for figure in figures}
+    try:
+        table = pq.read_table(path)
+        column = table.column("test_mean").to_pylist()
+        column[0] = 1.0
+        changed = table.set_column(table.schema.get_field_index("test_mean"), "test_mean", pa.array(column))
+        pq.write_table(changed.replace_schema_metadata(table.schema.metadata), path)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        result = snakemake(workflow, workdir, "--configfile", str(config), "--forcerun", "plot")
+        assert result.returncode != 0
+        line = next(l for l in result.stderr.splitlines() if l.startswith("PiFi error in plot"))
+        assert f"{path.relative_to(workdir)}: its checksum does not match" in line
+    finally:
+        path.write_bytes(original)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        for figure, raw in drawn.items():
+            figure.write_bytes(raw)
+    assert pd.read_csv(workdir / "results/summary/layers.csv").equals(
+        pd.read_parquet(path))  # the parquet is the CSV's content
 
 
 def test_a_corrupt_tensor_artifact_stops_the_dag_and_names_the_file(project):

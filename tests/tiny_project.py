@@ -88,6 +88,14 @@ def write_keyword_dataset(directory: Path, task: str) -> dict[str, pd.DataFrame]
     return splits
 
 
+def leak_test_rows(directory: Path, n: int) -> None:
+    """Make the first ``n`` test rows of a written keyword dataset copies of training rows (text and label)."""
+    train = pd.read_json(directory / "train.jsonl", lines=True)
+    test = pd.read_json(directory / "test.jsonl", lines=True)
+    test.iloc[:n] = train.iloc[:n].to_numpy()
+    test.to_json(directory / "test.jsonl", orient="records", lines=True)
+
+
 def write_tiny_models(root: Path, texts: list[str]) -> dict[str, Path]:
     tokenizer = word_tokenizer(texts)
     vocab = len(tokenizer)

@@ -423,6 +423,19 @@ def split_overlap(splits: Mapping[str, pd.DataFrame], name: str, mode: str = "wa
     return out, report
 
 
+def overlap_line(name: str, overlap: Mapping[str, Any], *, test_rows: int) -> str | None:
+    """The console line for texts shared between splits (``split_overlap``'s report); None when there are none."""
+    parts = [f"{overlap[pair]} {second} row(s) also in {first}" for pair, first, second in
+             (("train_test", "train", "test"), ("validation_test", "validation", "test"),
+              ("train_validation", "train", "validation")) if overlap[pair]]
+    if overlap["test_rows_dropped"]:
+        parts.append(f"{overlap['test_rows_dropped']} test row(s) dropped")
+    if not parts:
+        return None
+    return (f"PiFi data {name}: texts shared between splits: {', '.join(parts)} ({test_rows} test rows kept; "
+            f"data.split_overlap: {overlap['mode']})")
+
+
 def prepare_dataset(
     name: str, spec: Mapping[str, Any], *, validation_fraction: float = 0.2, seed: int = 0,
     base_dir: str | Path = ".", drop_blank_texts: bool = False, split_overlap_mode: str = "warn",

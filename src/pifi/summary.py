@@ -9,7 +9,8 @@ From every run's metrics and saved test predictions, per dataset x SLM x LLM:
 - ``selectors``: every selector's choice, its regret against the oracle, its rank in the sweep,
   the Spearman rho and Kendall tau of its scores with the sweep's validation accuracy, whether the
   oracle is among its 3 best-scored swept layers, and its stability;
-- ``selector_scores``: every selector's score per layer (for the figures).
+- ``selector_scores``: every selector's score per layer (for the figures);
+- ``data_checks``: per dataset, texts shared between splits (test leakage), from info.json.
 The oracle layer is the best swept layer by mean *validation* accuracy; its *test* accuracy is the bar.
 """
 
@@ -209,6 +210,24 @@ def selector_scores_table(scores: Mapping[tuple, Mapping], selections: Mapping[t
     return pd.DataFrame(rows, columns=["dataset", "slm", "llm", "selector", "layer", "score", "chosen"])
 
 
+DATA_CHECK_COLUMNS = ["dataset", "test_rows", "train_validation", "train_test", "validation_test",
+                      "test_rows_dropped", "split_overlap"]
+
+
+def data_checks_table(info_files: Iterable[str | Path]) -> pd.DataFrame:
+    """Per dataset, from prepare_data's info.json (read verified): rows of one split whose text another
+    split also holds (``train_test`` = test rows also in train, ...), and test rows dropped for it."""
+    rows = []
+    for path in info_files:
+        info = read_json(path)
+        overlap = info["checks"]["split_overlap"]
+        rows.append({"dataset": info["dataset"], "test_rows": int(info["splits"]["test"]["rows"]),
+                     **{pair: int(overlap[pair]) for pair in ("train_validation", "train_test", "validation_test",
+                                                              "test_rows_dropped")},
+                     "split_overlap": overlap["mode"]})
+    return pd.DataFrame(rows, columns=DATA_CHECK_COLUMNS).sort_values("dataset").reset_index(drop=True)
+
+
 def read_selections(paths: Iterable[str | Path]) -> dict[tuple[str, str, str], dict]:
     selections = {}
     for path in paths:
@@ -230,8 +249,9 @@ def read_scores(paths: Iterable[str | Path], selections: Mapping[tuple, Mapping]
 
 def build_tables(metrics_files: Sequence[str | Path], selection_files: Sequence[str | Path],
                  score_files: Sequence[str | Path], *, methods: Sequence[str], sweep: Mapping | None = None,
-                 boot: Bootstrap = Bootstrap()) -> dict[str, pd.DataFrame]:
-    """Every summary table, from the run files; ``sweep`` is the config's sweep section."""
+                 boot: Bootstrap = Bootstrap(), info_files: Sequence[str | Path] = ()) -> dict[str, pd.DataFrame]:
+    """Every summary table, from the run files and the datasets' info.json; ``sweep`` is the config's
+    sweep section."""
     runs = load_runs(metrics_files)
     selections = read_selections(selection_files)
     if "pifi_sweep" in methods:
@@ -245,4 +265,5 @@ def build_tables(metrics_files: Sequence[str | Path], selection_files: Sequence[
     return {"summary": summary_table(views, boot), "comparisons": comparisons_table(views, boot),
             "layers": layers_table(runs, selections, boot),
             "selectors": selectors_table(runs, selections, scores, boot, sweep=sweep),
-            "selector_scores": selector_scores_table(scores, selections)}
+            "selector_scores": selector_scores_table(scores, selections),
+            "data_checks": data_checks_table(info_files)}

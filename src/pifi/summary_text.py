@@ -156,8 +156,26 @@ def verdicts(tables: Mapping[str, pd.DataFrame], *, code: Code = markdown_code, 
     ``text`` escapes the names (datasets, models, selectors) for the target format.
     """
     summary, comparisons, selectors = tables["summary"], tables["comparisons"], tables["selectors"]
+    checks = tables.get("data_checks")
     return [_verdict(key, _rows(summary, key), _rows(comparisons, key), _driver(selectors, key), code, text)
+            + _overlap_sentence(checks, key[0], code)
             for key in _groups(summary, selectors)]
+
+
+def _overlap_sentence(checks: pd.DataFrame | None, dataset: str, code: Code) -> str:
+    """A warning where test rows share their text with train or validation (leakage), or were dropped for it."""
+    if checks is None or not len(checks) or dataset not in set(checks["dataset"]):
+        return ""
+    r = checks[checks["dataset"] == dataset].iloc[0]
+    setting = code(f"data.split_overlap: {r['split_overlap']}")
+    if int(r["test_rows_dropped"]):
+        return (f" Warning: {int(r['test_rows_dropped'])} test row(s) shared their text with train or validation "
+                f"and were dropped ({setting}).")
+    if not int(r["train_test"]) and not int(r["validation_test"]):
+        return ""
+    return (f" Warning: test rows share their text with train ({int(r['train_test'])}) or validation "
+            f"({int(r['validation_test'])}) of {int(r['test_rows'])} ({setting}): the test score partly measures "
+            "memory.")
 
 
 def _groups(*tables: pd.DataFrame) -> list[Key]:

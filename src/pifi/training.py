@@ -61,6 +61,9 @@ class TrainingResult:
     compiled: bool = False
     steps: int = 0       # optimizer steps taken by this process (not those of a resumed-from run)
     samples: int = 0     # training rows those steps saw
+    # The best epoch's validation class probabilities (train_and_predict): the rows the oracle and the
+    # layers tied with it are judged on.
+    validation_probabilities: np.ndarray | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -248,11 +251,13 @@ def train_and_predict(
 ) -> tuple[TrainingResult, np.ndarray]:
     """Train, restore the best epoch's weights, and predict ``test``.
 
-    Returns the training result and the test rows' class probabilities (N x C) in ``test``'s row
-    order, computed with the best epoch's weights, which ``model`` keeps afterwards (the last
+    Returns the training result (with the validation rows' probabilities) and the test rows' class
+    probabilities (N x C) in ``test``'s row order, computed with the best epoch's weights, which ``model`` keeps afterwards (the last
     epoch's weights are not the run's: the paper keeps the best validation epoch).
     """
     result = train_classifier(model, train, validation, cfg, device, resume=resume, on_epoch=on_epoch)
     restore_best_state(model, result)
+    # Validation again with the best weights, rather than kept from training: a resumed run has it too.
+    result.validation_probabilities = predict_proba(model, validation.to(device), cfg.eval_batch_size, device)
     probabilities = predict_proba(model, test.to(device), cfg.eval_batch_size, device)
     return result, probabilities

@@ -152,6 +152,7 @@ _CHECKED_DATA, _CHECKED_LLMS = set(), set()
 def training_inputs(wildcards):
     return {"tokens": verified("results/tokens/{dataset}/{slm}/tokens.safetensors")(wildcards),
             "test": f"results/data/{wildcards.dataset}/test.parquet",
+            "validation": f"results/data/{wildcards.dataset}/validation.parquet",
             "info": checked_data(wildcards.dataset),
             "slm": slm_manifest(wildcards)}
 
@@ -246,16 +247,20 @@ def chosen_pifi_metrics(wildcards):
     return [f"{d}/metrics.json" for d in chosen_run_dirs()]
 
 
+# test predictions (the tables) and validation predictions (the layers tied with the oracle)
+PREDICTION_FILES = ("predictions.parquet", "validation_predictions.parquet")
+
+
 def base_predictions(wildcards):
-    return [f"{d}/predictions.parquet" for d in base_run_dirs()]
+    return [f"{d}/{name}" for d in base_run_dirs() for name in PREDICTION_FILES]
 
 
 def planned_pifi_predictions(wildcards):
-    return [f"{d}/predictions.parquet" for d in planned_run_dirs()]
+    return [f"{d}/{name}" for d in planned_run_dirs() for name in PREDICTION_FILES]
 
 
 def chosen_pifi_predictions(wildcards):
-    return [f"{d}/predictions.parquet" for d in chosen_run_dirs()]
+    return [f"{d}/{name}" for d in chosen_run_dirs() for name in PREDICTION_FILES]
 
 
 def selection_files(wildcards):
@@ -275,7 +280,7 @@ def run_test_split(wildcards):
     return f"results/data/{wildcards.run.split('/', 1)[0]}/test.parquet"
 
 
-SUMMARY_TABLES = ("summary", "comparisons", "layers", "selectors", "selector_scores")
+SUMMARY_TABLES = ("summary", "comparisons", "layers", "selectors", "selector_scores", "data_checks")
 
 
 def figure_files():

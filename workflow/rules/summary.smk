@@ -8,9 +8,13 @@ rule summarize:
         chosen_pifi_predictions=chosen_pifi_predictions,
         selections=selection_files,
         scores=all_scores_files,
+        # the data checks (texts shared between splits) reach the verdicts
+        infos=expand("results/data/{dataset}/info.json", dataset=RUN["datasets"]),
     output:
         **{name: report(f"results/summary/{name}.csv", category="Tables",
                         caption="../report/tables.rst") for name in SUMMARY_TABLES},
+        # the same tables with a checksum: what the figures read
+        **{f"{name}_parquet": f"results/summary/{name}.parquet" for name in SUMMARY_TABLES},
         markdown="results/summary/summary.md",
         # The HTML report's first page (Snakefile `report:`): verdicts and a description of what ran.
         page="results/summary/report.rst",
@@ -33,11 +37,11 @@ rule summarize:
 
 rule plot:
     input:
-        layers="results/summary/layers.csv",
-        scores="results/summary/selector_scores.csv",
-        summary="results/summary/summary.csv",
-        comparisons="results/summary/comparisons.csv",
-        selectors="results/summary/selectors.csv",
+        layers="results/summary/layers.parquet",
+        scores="results/summary/selector_scores.parquet",
+        summary="results/summary/summary.parquet",
+        comparisons="results/summary/comparisons.parquet",
+        selectors="results/summary/selectors.parquet",
     output:
         layers=report("results/summary/figures/{dataset}.{slm}.{llm}.layers.svg", category="Figures",
                       subcategory="{dataset}", caption="../report/layers.rst"),
@@ -55,7 +59,7 @@ rule plot:
 
 rule plot_selectors:
     input:
-        selectors="results/summary/selectors.csv",
+        selectors="results/summary/selectors.parquet",
     output:
         figure=report("results/summary/figures/selectors.regret.svg", category="Figures", subcategory="Selectors",
                       caption="../report/selectors.rst"),

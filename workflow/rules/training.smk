@@ -1,7 +1,8 @@
 # Two rules, one script. PiFi runs are keyed by layer, so a layer asked for by pifi_last, pifi_ilm,
-# a compared selector and the sweep is trained once and shared. Each run also writes its test
-# predictions at the best epoch (no second model load for evaluation) and its timings apart, so
-# that identical runs give identical files everywhere else.
+# a compared selector and the sweep is trained once and shared. Each run also writes its test and
+# validation predictions at the best epoch (no second model load for evaluation; validation is what
+# the layers tied with the oracle are judged on) and its timings apart, so that identical runs give
+# identical files everywhere else.
 TRAINING_PARAMS = dict(
     training=config["training"],
     device=config["device"],
@@ -17,6 +18,7 @@ rule train_base:
         spec="results/runs/{dataset}/{slm}/base/seed{seed}/model.json",
         history="results/runs/{dataset}/{slm}/base/seed{seed}/history.json",
         predictions="results/runs/{dataset}/{slm}/base/seed{seed}/predictions.parquet",
+        validation_predictions="results/runs/{dataset}/{slm}/base/seed{seed}/validation_predictions.parquet",
         timings="results/runs/{dataset}/{slm}/base/seed{seed}/timings.json",
     log:
         "results/logs/runs/{dataset}/{slm}/base/seed{seed}/train.log",
@@ -41,6 +43,7 @@ rule train_pifi:
         spec="results/runs/{dataset}/{slm}/pifi/{llm}/layer{layer}/seed{seed}/model.json",
         history="results/runs/{dataset}/{slm}/pifi/{llm}/layer{layer}/seed{seed}/history.json",
         predictions="results/runs/{dataset}/{slm}/pifi/{llm}/layer{layer}/seed{seed}/predictions.parquet",
+        validation_predictions="results/runs/{dataset}/{slm}/pifi/{llm}/layer{layer}/seed{seed}/validation_predictions.parquet",
         timings="results/runs/{dataset}/{slm}/pifi/{llm}/layer{layer}/seed{seed}/timings.json",
     log:
         "results/logs/runs/{dataset}/{slm}/pifi/{llm}/layer{layer}/seed{seed}/train.log",

@@ -2,6 +2,7 @@
 
 import pandas as pd
 
+from pifi.artifacts import read_parquet
 from pifi.job import start_job
 from pifi.plots import paired_difference_rows, plot_layer_profile, plot_paired_differences
 
@@ -11,11 +12,11 @@ wc = snakemake.wildcards
 
 def rows_of(path: str) -> pd.DataFrame:
     """This dataset x SLM x LLM's rows of a summary table."""
-    table = pd.read_csv(path)
+    table = read_parquet(path)
     return table[(table["dataset"] == wc.dataset) & (table["slm"] == wc.slm) & (table["llm"] == wc.llm)]
 
 
-summary = pd.read_csv(snakemake.input.summary)
+summary = read_parquet(snakemake.input.summary)
 summary = summary[(summary["dataset"] == wc.dataset) & (summary["slm"] == wc.slm)
                   & summary["llm"].isin([wc.llm, "-"])]  # "-": base, when it has no LLM of its own
 layer_of = dict(zip(summary["method"], summary["llm_layer"].astype(str)))

@@ -1,13 +1,12 @@
 """The selectors x datasets figure: each selector's regret against the sweep's oracle, every dataset x SLM x LLM."""
 
-import pandas as pd
-
+from pifi.artifacts import read_parquet
 from pifi.job import start_job
 from pifi.plots import plot_selector_regret
 
 log = start_job(snakemake)
 
-selectors = pd.read_csv(snakemake.input.selectors)
+selectors = read_parquet(snakemake.input.selectors)
 plot_selector_regret(snakemake.output.figure, selectors=selectors,
                      title="Selectors x datasets: regret against the oracle (test accuracy, points)")
 log.info("figure written: %s (%d selectors, %d dataset x SLM x LLM)", snakemake.output.figure,

@@ -1,8 +1,8 @@
 """Load one dataset as configured and write its three splits as parquet, with stable row ids."""
 
 from pifi.artifacts import write_json, write_parquet
-from pifi.data import prepare_dataset
-from pifi.job import config_base, start_job
+from pifi.data import overlap_line, prepare_dataset
+from pifi.job import config_base, console_line, start_job
 
 log = start_job(snakemake)
 p = snakemake.params
@@ -18,3 +18,6 @@ for split, frame in splits.items():
     info["splits"][split] = {"rows": len(frame), "label_counts": frame["label"].value_counts().sort_index().to_dict()}
     log.info("%s: %d rows, labels %s", split, len(frame), info["splits"][split]["label_counts"])
 write_json(snakemake.output.info, info)
+line = overlap_line(snakemake.wildcards.dataset, checks["split_overlap"], test_rows=len(splits["test"]))
+if line:
+    console_line(line)  # leakage is the user's business, not only the log's

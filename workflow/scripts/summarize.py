@@ -1,6 +1,11 @@
-"""The summary tables (CSV for machines), their Markdown reading and the HTML report's first page (for people)."""
+"""The summary tables (CSV for people and other tools, parquet with a checksum for the figures), their Markdown
+reading and the HTML report's first page."""
 
-from pifi.artifacts import write_text
+import io
+
+import pandas as pd
+
+from pifi.artifacts import write_parquet, write_text
 from pifi.job import start_job
 from pifi.report_page import report_page
 from pifi.summary import Bootstrap, build_tables
@@ -11,9 +16,12 @@ p = snakemake.params
 boot = Bootstrap(**p.bootstrap)
 tables = build_tables([*snakemake.input.base_metrics, *snakemake.input.planned_pifi_metrics,
                       *snakemake.input.chosen_pifi_metrics], snakemake.input.selections, snakemake.input.scores,
-                      methods=p.methods, sweep=p.sweep, boot=boot)
+                      methods=p.methods, sweep=p.sweep, boot=boot, info_files=snakemake.input.infos)
 for name, table in tables.items():
-    write_text(snakemake.output[name], table.to_csv(index=False))
+    text = table.to_csv(index=False)
+    write_text(snakemake.output[name], text)
+    # The figures read the parquet (verified on read): the CSV's content, parsed as the CSV reads back.
+    write_parquet(snakemake.output[f"{name}_parquet"], pd.read_csv(io.StringIO(text)))
 report = markdown_report(tables, confidence=boot.confidence)
 write_text(snakemake.output.markdown, report)
 write_text(snakemake.output.page, report_page(tables, run=p.run, selection=p.selection, confidence=boot.confidence))

@@ -64,10 +64,13 @@ result, probabilities = train_and_predict(model, splits["train"], splits["valida
 del model
 release_device(device)  # the next job on this GPU slot starts while this one writes its outputs
 test = read_parquet(inp.test, columns=["row_id", "label"]).iloc[rows["test"]]
+validation = read_parquet(inp.validation, columns=["row_id", "label"]).iloc[rows["validation"]]
 run = {"dataset": wc.dataset, "slm": wc.slm, "llm": wc.get("llm"), "method": spec.method, "llm_layer": layer,
        "num_layers": num_layers, "seed": seed}
 best = result.history[result.best_epoch - 1]
 write_parquet(out.predictions, predictions_frame(test["row_id"].tolist(), test["label"].to_numpy(), probabilities))
+write_parquet(out.validation_predictions, predictions_frame(validation["row_id"].tolist(), validation["label"].to_numpy(),
+                                                            result.validation_probabilities))
 write_safetensors(out.checkpoint, result.best_state, metadata={"method": spec.method, "best_epoch": str(result.best_epoch)})
 write_json(out.spec, {"model": spec.to_dict(), "run": run, **params})
 write_json(out.history, {"best_epoch": result.best_epoch, "best_validation_accuracy": best["validation_accuracy"],
