@@ -4,7 +4,9 @@ workflows sharing one GPU lock dir without ever putting two jobs on one (gpu, sl
 1. **Bad inputs**: each case is built in its own temp dir and handed to the library function that
    guards against it (GPU lock dir, config keys, local datasets, safetensors artifacts, selection
    limits, model directories, layer indices). Expected: refused with a message (or, for
-   ``drop_blank_texts``, the row dropped and counted). A case that is *accepted* is a failure.
+   ``drop_blank_texts``, the row dropped and counted; for texts shared between splits, a console
+   line; for atomic writes beside another thread under umask 077, no file wider than 0600). A case
+   that is *accepted* is a failure.
 2. **Kills survived**: a tiny PiFi classifier (2-layer BERT, hidden 32, + layer 1 of a 3-layer Llama,
    hidden 48) is trained with ``pifi.training.train_classifier`` and a ``pifi.resume.ResumeStore`` in a
    fresh process, SIGKILLed at a chosen point, and run again; its best-epoch and last-epoch tensors, test
@@ -71,7 +73,7 @@ STEPS_PER_EPOCH = -(-ROWS["train"] // BATCH)
 
 @dataclass
 class Outcome:
-    happened: str                 # refused / accepted! / dropped / wrong
+    happened: str                 # refused / accepted! / dropped / shown / safe / wrong
     error: str = ""               # exception class
     message: str = ""             # first line the user sees
     problems: tuple[str, ...] = ()  # why the case failed or the message is unclear
@@ -940,13 +942,15 @@ def main() -> None:
         failures.append(f"concurrent workflows: {c['slot_collisions']} collisions, {c['jobs']}/{c['jobs_expected']} "
                         f"jobs, exit codes {c['returncodes']}")
     handled = sum(r["happened"] == r["expected"] for r in bad)
-    dropped = sum(r["happened"] == "dropped" for r in bad)
     accepted = sum(r["happened"] == "accepted!" for r in bad)
     unclear = sum(r["verdict"] == "unclear" for r in bad)
     survived = sum(k["identical"] for k in kills)
     kill_events = sum(len(k["kills"]) for k in kills if k["killed_by_sigkill"] and k["finished"])
-    summary = (f"{len(bad)} bad inputs: {handled} refused with a message"
-               f"{f' (incl. {dropped} dropped and counted as asked)' if dropped else ''}"
+    others = {kind: sum(r["happened"] == r["expected"] == kind for r in bad) for kind in ("dropped", "shown", "safe")}
+    said = {"dropped": "dropped and counted as asked", "shown": "shown to the user", "safe": "safe"}
+    incl = ", ".join(f"{n} {said[kind]}" for kind, n in others.items() if n)
+    summary = (f"{len(bad)} bad inputs: {handled} handled as expected (refused with a message"
+               f"{f'; incl. {incl}' if incl else ''})"
                f"{f' ({unclear} of them unclear)' if unclear else ''}, {accepted} accepted; "
                f"{kill_events} kills survived ({len(kills)} cases), "
                f"{'results identical' if survived == len(kills) else f'results identical in {survived} cases only'}; "

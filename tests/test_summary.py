@@ -34,6 +34,7 @@ DATASET, SLM, LLM = "sst2", "tiny_bert", "tiny_qwen"
 DEPTH = 6
 SEEDS = (1, 2, 3)
 ROWS = 100
+VAL_ROWS = 100
 BOOT = Bootstrap(n_resamples=500)
 SWEEP = {"layers": [0, 2, -1], "stride": 1}
 ALL_METHODS = ["base", "pifi_last", "pifi_ilm", "pifi_sweep"]
@@ -69,6 +70,13 @@ def _write_run(root, layer, seed_index: int) -> str:
     frame = predictions_frame([f"test-{i:06d}" for i in range(ROWS)], labels, probabilities)
     order = np.random.default_rng(100 * seed + (layer or 0) + 7).permutation(ROWS)
     write_parquet(run_dir / "predictions.parquet", frame.iloc[order].reset_index(drop=True))
+    # validation: the first round(accuracy x VAL_ROWS) rows right, as the run's validation_accuracy says
+    k_val = round(validation[seed_index] * VAL_ROWS)
+    val_labels = np.arange(VAL_ROWS) % 2
+    val_predictions = np.where(np.arange(VAL_ROWS) < k_val, val_labels, 1 - val_labels)
+    write_parquet(run_dir / "validation_predictions.parquet",
+                  predictions_frame([f"validation-{i:06d}" for i in range(VAL_ROWS)], val_labels,
+                                    np.eye(2)[val_predictions] * 0.8 + 0.1))
     metrics = classification_metrics(labels, predictions)
     assert metrics["accuracy"] == k / ROWS
     base = layer is None
@@ -341,15 +349,15 @@ def test_markdown_report_carries_the_key_numbers(project):
     assert f"| pifi_ilm − base | **{verdict}** |" in report  # significant: in bold
     ilm = next(line for line in lines if line.startswith("| sst2 | tiny_bert | tiny_qwen | **ilm_pc_patching** |"))
     cells = [c.strip() for c in ilm.split("|")[1:-1]]
-    # layer, oracle, regret (pts, * = significant), interval, rank, rho, tau, top 3, win rate, modal, converged
+    # layer, oracle, regret (pts, * = significant), interval, tied, rank, rho, tau, top 3, win rate, modal, converged
     assert cells[4:6] == ["0", "2"]
     assert cells[6] == "+5.00*"
-    assert cells[8:] == ["3/3", "-1.00", "-1.00", "yes", "60% (unstable)", "0", "yes"]
+    assert cells[8:] == ["no", "3/3", "-1.00", "-1.00", "yes", "60% (unstable)", "0", "yes"]
     probe = next(line for line in lines if "| probe_cv |" in line)
-    assert "| +0.00 | +0.00 to +0.00 | 1/3 | +1.00 |" in probe
+    assert "| +0.00 | +0.00 to +0.00 | yes | 1/3 | +1.00 |" in probe
     silhouette = next(line for line in lines if "| silhouette |" in line)
     cells = [c.strip() for c in silhouette.split("|")[1:-1]]
-    assert cells[4:12] == ["3", "2", "-", "-", "-", "+0.50", "+0.33", "yes"]
+    assert cells[4:13] == ["3", "2", "-", "-", "-", "-", "+0.50", "+0.33", "yes"]
     assert "nan" not in report.lower()
     assert "| sst2 | tiny_bert | tiny_qwen | 1 | no | 3 | 95.00 | 95.00 |" in report
     assert "| sst2 | tiny_bert | tiny_qwen | 2 | yes | 3 | 80.00 | 75.00 |" in report
@@ -397,7 +405,7 @@ def test_markdown_without_sweep_drops_the_sweep_columns_and_says_why(no_sweep_ta
 def test_markdown_with_sweep_keeps_the_columns_and_no_sentence(project):
     report = markdown_report(project[1])
     assert "need the layer sweep" not in report
-    assert _header(report)[5:12] == ["oracle", "regret (pts)", "interval", "rank", "ρ", "τ", "top 3"]
+    assert _header(report)[5:13] == ["oracle", "regret (pts)", "interval", "tied", "rank", "ρ", "τ", "top 3"]
 
 
 def test_markdown_names_the_groups_without_sweep_when_only_some_have_one(project):
@@ -429,7 +437,7 @@ def test_markdown_flags_unstable_choices(project, win_rate, cell, unstable):
     assert win_rate_cell(win_rate) == cell
     tables = _with(project[1], "ilm_pc_patching", win_rate=win_rate)
     report = markdown_report(tables)
-    assert _cells(report, "ilm_pc_patching")[12] == cell
+    assert _cells(report, "ilm_pc_patching")[13] == cell
     assert ("(unstable) = the chosen layer won fewer than 70% of the resampled selections" in report) == unstable
     verdict = next(line for line in report.splitlines() if line.startswith(f"- **{DATASET}**"))
     assert ("Unstable: layer 0 won only 60% of the resampled selections" in verdict) == unstable
@@ -454,6 +462,7 @@ def test_markdown_verdict_says_which_layer_and_whether_it_is_real(project):
                 f"`pifi_ilm` vs `pifi_last`: worse ({interval(comparisons.loc[('pifi_ilm', 'pifi_last')])} points). "
                 "The oracle is layer 2 (best validation accuracy of 3 swept layers); the chosen layer ranks 3 of 3; "
                 f"regret {regret} points, significant: the chosen layer is really worse on test. "
+                "Tied with the best on validation: layer 2; the chosen layer is not. "
                 "Unstable: layer 0 won only 60% of the resampled selections, so other samples may choose another "
                 "layer.")
     assert expected in report.splitlines()
@@ -511,3 +520,42 @@ def test_dropped_or_absent_overlap_reads_as_such(project, tmp_path):
     clean = build_tables(files["metrics"], files["selections"], files["scores"], methods=ALL_METHODS, sweep=SWEEP,
                          boot=BOOT, info_files=[_info(tmp_path / "b", DATASET, train_test=0)])
     assert "share their text" not in markdown_report(clean)  # train-validation sharing alone is no test leakage
+
+
+# --- layers tied with the best ------------------------------------------------------------------
+
+def test_tied_set_by_hand():
+    """oracle - layer on validation rows x seeds: identical or swapped rows are tied, 25 rows worse is not,
+    and a layer better than the oracle (possible outside the sweep) is no miss either."""
+    from pifi.stats import compare
+    from pifi.summary import is_tied, tied_layers
+
+    oracle = np.ones((3, 50), dtype=np.int8)
+    oracle[:, 0] = 0
+    same = oracle.copy()
+    swapped = oracle.copy()
+    swapped[:, 0], swapped[:, 1] = 1, 0  # right where the oracle is wrong, wrong on another row
+    worse = oracle.copy()
+    worse[:, 1:26] = 0
+    better = np.ones((3, 50), dtype=np.int8)
+    better[:, :1] = 1
+    gaps = {layer: compare(oracle, correct, n_resamples=2000, seed=0)
+            for layer, correct in ((0, same), (1, worse), (2, swapped), (3, better))}
+    assert (gaps[1].difference, gaps[1].significant) == (0.5, True)
+    assert gaps[3].difference == pytest.approx(-0.02) and not is_tied(gaps[1]) and is_tied(gaps[3])
+    assert tied_layers(gaps, swept=[0, 1, 2]) == [0, 2]  # layer 3 is not swept
+
+
+def test_sweep_judge_ties_and_hits_match_the_constructed_sweep(project):
+    """Validation per swept layer {0: .72, 2: .80, 5: .76} on 100 rows x 3 seeds (first k rows right): the
+    oracle is 2; layer 0 is 6 to 10 rows below it in every seed: not tied."""
+    layers = project[1]["layers"].set_index("layer")
+    assert bool(layers.loc[2, "tied"]) and not bool(layers.loc[0, "tied"])
+    assert layers.loc[0, "val_gap"] == pytest.approx(0.08)  # (10 + 8 + 6) / 300
+    assert layers.loc[1, "val_gap"] == pytest.approx(-0.15) and bool(layers.loc[1, "tied"])  # above the oracle
+    selectors = _by(project[1]["selectors"], "selector")
+    assert {name: selectors[name]["tied"] for name in ("ilm_pc_patching", "probe_cv", "fisher")} == {
+        "ilm_pc_patching": False, "probe_cv": True, "fisher": True}
+    assert selectors["silhouette"]["tied"] is None  # its layer 3 was never trained
+    assert {r["tied_layers"] for r in selectors.values()} == {" ".join(map(str, sorted(
+        layer for layer in (0, 2, 5) if bool(layers.loc[layer, "tied"]))))}

@@ -5,10 +5,12 @@ From every run's metrics and saved test predictions, per dataset x SLM x LLM:
 - ``comparisons``: pifi_ilm - base, pifi_ilm - pifi_last, pifi_last - base and the regret
   (oracle - pifi_ilm), each a paired bootstrap over test rows and seeds, named a win only when the
   interval excludes 0;
-- ``layers``: the sweep per layer (validation and test accuracy with intervals);
+- ``layers``: the sweep per layer (validation and test accuracy with intervals), each layer's validation gap
+  to the oracle and whether it is *tied with the best* (the gap's paired interval contains 0);
 - ``selectors``: every selector's choice, its regret against the oracle, its rank in the sweep,
   the Spearman rho and Kendall tau of its scores with the sweep's validation accuracy, whether the
-  oracle is among its 3 best-scored swept layers, and its stability;
+  oracle is among its 3 best-scored swept layers, whether its layer is tied with the best (a "hit"), and
+  its stability;
 - ``selector_scores``: every selector's score per layer (for the figures);
 - ``data_checks``: per dataset, texts shared between splits (test leakage), from info.json.
 The oracle layer is the best swept layer by mean *validation* accuracy; its *test* accuracy is the bar.
@@ -47,6 +49,7 @@ def load_runs(metrics_files: Iterable[str | Path]) -> pd.DataFrame:
     for path in metrics_files:
         run = read_json(path)
         run["predictions"] = str(Path(path).with_name("predictions.parquet"))
+        run["validation_predictions"] = str(Path(path).with_name("validation_predictions.parquet"))
         rows.append(run)
     if not rows:
         raise ValueError("no runs to summarize")
@@ -55,10 +58,11 @@ def load_runs(metrics_files: Iterable[str | Path]) -> pd.DataFrame:
     return runs
 
 
-def correctness(runs: pd.DataFrame) -> np.ndarray:
-    """Seeds x rows 0/1 matrix of the runs' test predictions, seeds sorted, rows by row id."""
+def correctness(runs: pd.DataFrame, split: str = "test") -> np.ndarray:
+    """Seeds x rows 0/1 matrix of the runs' test (or validation) predictions, seeds sorted, rows by row id."""
     matrices = []
-    for path in runs.sort_values("seed")["predictions"]:
+    column = {"test": "predictions", "validation": "validation_predictions"}[split]
+    for path in runs.sort_values("seed")[column]:
         frame = read_parquet(path, columns=["row_id", "label", "prediction"]).sort_values("row_id")
         matrices.append((frame["label"] == frame["prediction"]).to_numpy(dtype=np.int8))
     return np.stack(matrices)
@@ -133,20 +137,77 @@ def _compare(runs_a: pd.DataFrame, runs_b: pd.DataFrame, boot: Bootstrap) -> Com
                    confidence=boot.confidence)
 
 
-def layers_table(runs: pd.DataFrame, selections: Mapping[tuple, Mapping], boot: Bootstrap) -> pd.DataFrame:
-    """Every trained PiFi layer: validation (t-interval over seeds) and test (bootstrap) accuracy."""
+def regret(by_layer: Mapping[int, pd.DataFrame], oracle: int, layer: int, boot: Bootstrap) -> Comparison:
+    """oracle - layer in test accuracy, paired over test rows and seeds: above 0 the layer is worse."""
+    return _compare(by_layer[oracle], by_layer[layer], boot)
+
+
+def gaps_to_oracle(by_layer: Mapping[int, pd.DataFrame], oracle: int, boot: Bootstrap) -> dict[int, Comparison]:
+    """Per trained layer: oracle - layer in *validation* accuracy, paired over validation rows and seeds.
+
+    The oracle was chosen on validation, so it is judged there too; a layer whose gap is not significant
+    is *tied with the best*: the sweep cannot tell it from the oracle.
+    """
+    oracle_correct = correctness(by_layer[oracle], "validation")
+    return {layer: compare(oracle_correct, correctness(runs, "validation"), n_resamples=boot.n_resamples,
+                           seed=boot.seed, confidence=boot.confidence)
+            for layer, runs in sorted(by_layer.items())}
+
+
+def is_tied(gap: Comparison) -> bool:
+    """Tied with the best: not significantly below the oracle on validation (a layer outside the sweep
+    may even be significantly above it)."""
+    return not (gap.significant and gap.difference > 0)
+
+
+def tied_layers(gaps: Mapping[int, Comparison], swept: Iterable[int]) -> list[int]:
+    """The swept layers tied with the best (the oracle among them)."""
+    return sorted(layer for layer in swept if layer in gaps and is_tied(gaps[layer]))
+
+
+def sweep_judge(runs: pd.DataFrame, selections: Mapping[tuple, Mapping], boot: Bootstrap,
+                ) -> dict[tuple[str, str, str], dict]:
+    """Per (dataset, SLM, LLM) with a sweep: its runs by layer, validation by swept layer, the oracle,
+    every trained layer's validation gap to it and the tied set. The one place these are computed:
+    the tables, summary.md, the report and the leaderboard all read them from here."""
+    judged = {}
+    for key, group in runs[runs["method"] == "pifi"].groupby(GROUP, sort=True):
+        selection = selections.get(key)
+        if not selection or not selection.get("swept_layers"):
+            continue
+        by_layer = {int(layer): frame for layer, frame in group.groupby("llm_layer")}
+        val_by_layer = swept_validation(group, selection)
+        oracle = oracle_layer(val_by_layer)
+        gaps = gaps_to_oracle(by_layer, oracle, boot)
+        judged[key] = {"by_layer": by_layer, "validation": val_by_layer, "oracle": oracle, "gaps": gaps,
+                       "tied": tied_layers(gaps, val_by_layer)}
+    return judged
+
+
+def layers_table(runs: pd.DataFrame, selections: Mapping[tuple, Mapping], boot: Bootstrap,
+                 judged: Mapping[tuple, Mapping] | None = None) -> pd.DataFrame:
+    """Every trained PiFi layer: validation (t-interval over seeds) and test (bootstrap) accuracy; with a
+    sweep, its validation gap to the oracle and whether it is tied with the best."""
+    judged = judged or {}
     rows = []
     for (dataset, slm, llm, layer), group in runs[runs["method"] == "pifi"].groupby(GROUP + ["llm_layer"]):
         low, high = accuracy_ci(correctness(group), n_resamples=boot.n_resamples, seed=boot.seed,
                                 confidence=boot.confidence)
         val_low, val_high = _t_interval(group["validation_accuracy"].to_numpy(float), boot.confidence)
         swept = selections.get((dataset, slm, llm), {}).get("swept_layers", [])
+        gap = judged.get((dataset, slm, llm), {}).get("gaps", {}).get(int(layer))
         rows.append({"dataset": dataset, "slm": slm, "llm": llm, "layer": int(layer), "swept": int(layer) in swept,
                      "n_seeds": group["seed"].nunique(), "val_mean": group["validation_accuracy"].mean(),
                      "val_low": val_low, "val_high": val_high, "test_mean": group["accuracy"].mean(),
-                     "test_low": low, "test_high": high})
-    return pd.DataFrame(rows, columns=["dataset", "slm", "llm", "layer", "swept", "n_seeds", "val_mean", "val_low",
-                                       "val_high", "test_mean", "test_low", "test_high"])
+                     "test_low": low, "test_high": high,
+                     "val_gap": None if gap is None else gap.difference,
+                     "val_gap_low": None if gap is None else gap.low, "val_gap_high": None if gap is None else gap.high,
+                     "tied": None if gap is None else is_tied(gap)})
+    return pd.DataFrame(rows, columns=LAYER_COLUMNS)
+
+
+LAYER_COLUMNS = ["dataset", "slm", "llm", "layer", "swept", "n_seeds", "val_mean", "val_low", "val_high", "test_mean",
+                 "test_low", "test_high", "val_gap", "val_gap_low", "val_gap_high", "tied"]
 
 
 def _t_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
@@ -159,18 +220,21 @@ def _t_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
 
 SELECTOR_COLUMNS = ["dataset", "slm", "llm", "selector", "drives_pifi_ilm", "layer", "margin", "win_rate",
                     "modal_layer", "converged", "oracle_layer", "rank", "n_swept", "spearman_rho", "kendall_tau",
-                    "oracle_in_top3", "regret", "regret_low", "regret_high", "regret_significant"]
+                    "oracle_in_top3", "regret", "regret_low", "regret_high", "regret_significant", "tied",
+                    "tied_layers"]
 
 
 def selectors_table(runs: pd.DataFrame, selections: Mapping[tuple, Mapping], scores: Mapping[tuple, Mapping],
-                    boot: Bootstrap, *, sweep: bool) -> pd.DataFrame:
-    """Every selector's choice and, with a sweep, how it fares against the oracle."""
+                    boot: Bootstrap, *, judged: Mapping[tuple, Mapping]) -> pd.DataFrame:
+    """Every selector's choice and, with a sweep (``judged``: ``sweep_judge``), how it fares against the oracle:
+    regret on test, and whether its layer is tied with the best on validation (a "hit")."""
     rows = []
     for (dataset, slm, llm), selection in sorted(selections.items()):
+        judge = judged.get((dataset, slm, llm))
         group = runs[(runs["method"] == "pifi") & (runs["dataset"] == dataset) & (runs["slm"] == slm)
                      & (runs["llm"] == llm)]
-        val_by_layer = swept_validation(group, selection) if sweep else {}
-        oracle = oracle_layer(val_by_layer) if val_by_layer else None
+        val_by_layer = judge["validation"] if judge else {}
+        oracle = judge["oracle"] if judge else None
         for name, choice in selection["choices"].items():
             layer = choice["layer"]
             row = {"dataset": dataset, "slm": slm, "llm": llm, "selector": name,
@@ -179,19 +243,20 @@ def selectors_table(runs: pd.DataFrame, selections: Mapping[tuple, Mapping], sco
                    "converged": _all_converged(scores.get((dataset, slm, llm, name))),
                    "oracle_layer": oracle, "rank": None, "n_swept": len(val_by_layer) or None, "spearman_rho": None,
                    "kendall_tau": None, "oracle_in_top3": None, "regret": None, "regret_low": None,
-                   "regret_high": None, "regret_significant": None}
+                   "regret_high": None, "regret_significant": None, "tied": None,
+                   "tied_layers": None if judge is None else " ".join(map(str, judge["tied"]))}
             report = scores.get((dataset, slm, llm, name))
             if oracle is not None and report is not None:  # these need the scores, not the chosen layer's runs
                 row.update(spearman_rho=spearman(report["scores"], val_by_layer),
                            kendall_tau=kendall(report["scores"], val_by_layer),
                            # among the swept layers: the ones the oracle was chosen from
                            oracle_in_top3=in_top(3, oracle, report["scores"], val_by_layer))
-            chosen_runs = group[group["llm_layer"] == layer]
-            if oracle is not None and len(chosen_runs):
-                regret = _compare(group[group["llm_layer"] == oracle], chosen_runs, boot)
+            if judge is not None and layer in judge["by_layer"]:
+                chosen_runs = judge["by_layer"][layer]
+                lost = regret(judge["by_layer"], oracle, layer, boot)
                 row.update(rank=rank_of(layer, chosen_runs["validation_accuracy"].mean(), val_by_layer),
-                           regret=regret.difference, regret_low=regret.low, regret_high=regret.high,
-                           regret_significant=regret.significant)
+                           regret=lost.difference, regret_low=lost.low, regret_high=lost.high,
+                           regret_significant=lost.significant, tied=is_tied(judge["gaps"][layer]))
             rows.append(row)
     return pd.DataFrame(rows, columns=SELECTOR_COLUMNS)
 
@@ -261,9 +326,9 @@ def build_tables(metrics_files: Sequence[str | Path], selection_files: Sequence[
             selections[key]["swept_layers"] = sweep_layer_set(sweep or {"layers": "all", "stride": 1}, int(depth))
     scores = read_scores(score_files, selections)
     views = method_runs(runs, selections, methods)
-    sweep = "pifi_sweep" in methods
+    judged = sweep_judge(runs, selections, boot) if "pifi_sweep" in methods else {}
     return {"summary": summary_table(views, boot), "comparisons": comparisons_table(views, boot),
-            "layers": layers_table(runs, selections, boot),
-            "selectors": selectors_table(runs, selections, scores, boot, sweep=sweep),
+            "layers": layers_table(runs, selections, boot, judged),
+            "selectors": selectors_table(runs, selections, scores, boot, judged=judged),
             "selector_scores": selector_scores_table(scores, selections),
             "data_checks": data_checks_table(info_files)}

@@ -14,7 +14,7 @@ from pifi.summary import GROUP
 
 STABLE_WIN_RATE = 0.7  # a choice that wins fewer resampled selections than this is called unstable
 NOT_CONVERGED = "no¹"  # the mark ties the cell to convergence_note()
-SWEEP_HEADERS = ["oracle", "regret (pts)", "interval", "rank", "ρ", "τ", "top 3"]
+SWEEP_HEADERS = ["oracle", "regret (pts)", "interval", "tied", "rank", "ρ", "τ", "top 3"]
 PREFERRED_COMPARISONS = (("pifi_ilm", "base"), ("pifi_ilm", "pifi_last"))
 
 Code = Callable[[str], str]  # how a format marks code: `x` in Markdown, ``x`` in reStructuredText
@@ -138,7 +138,8 @@ def _sweep_cells(r: Mapping[str, Any], decimals: int) -> list[str]:
         regret = points(r["regret"], decimals) + star
         interval = f"{points(r['regret_low'], decimals)} to {points(r['regret_high'], decimals)}"
     rank = "-" if is_missing(r["rank"]) else f"{int(r['rank'])}/{int(r['n_swept'])}"
-    return [_layer_text(r["oracle_layer"]), regret, interval, rank, _maybe(r["spearman_rho"], "{:+.2f}"),
+    return [_layer_text(r["oracle_layer"]), regret, interval, _yes_no(r["tied"]), rank,
+            _maybe(r["spearman_rho"], "{:+.2f}"),
             _maybe(r["kendall_tau"], "{:+.2f}"), _yes_no(r["oracle_in_top3"])]
 
 
@@ -242,8 +243,9 @@ def _sweep_sentence(driver: Mapping) -> str:
         return ""
     oracle, layer = int(driver["oracle_layer"]), int(driver["layer"])
     swept = f"best validation accuracy of {int(driver['n_swept'])} swept layers"
+    tied = _tied_words(driver)
     if layer == oracle:
-        return f"It is the oracle layer ({swept})."
+        return f"It is the oracle layer ({swept}).{tied}"
     if is_missing(driver["regret"]):
         return f"The oracle is layer {oracle} ({swept}); layer {layer} was not trained, so it has no regret."
     regret = difference_text(driver["regret"], driver["regret_low"], driver["regret_high"])
@@ -255,7 +257,19 @@ def _sweep_sentence(driver: Mapping) -> str:
         judged = "significant: the chosen layer is really worse on test"
     else:
         judged = "significant: the chosen layer does better on test than the oracle"
-    return f"The oracle is layer {oracle} ({swept}); {rank}regret {regret} points, {judged}."
+    return f"The oracle is layer {oracle} ({swept}); {rank}regret {regret} points, {judged}.{tied}"
+
+
+def _tied_words(driver: Mapping) -> str:
+    """" Tied with the best on validation: layers 0, 4 and 8; the chosen layer is one of them." (or is not)"""
+    if is_missing(driver.get("tied_layers")):
+        return ""
+    layers = str(driver["tied_layers"]).split()
+    if is_missing(driver.get("tied")):
+        verdict = ""
+    else:
+        verdict = "; the chosen layer is one of them" if bool(driver["tied"]) else "; the chosen layer is not"
+    return f" Tied with the best on validation: layer{'s' if len(layers) > 1 else ''} {words(layers)}{verdict}."
 
 
 def _stability_sentence(driver: Mapping) -> str:
@@ -317,11 +331,14 @@ def markdown_report(tables: Mapping[str, pd.DataFrame], *, confidence: float = 0
     if len(tables["layers"]):
         lines += ["", "## PiFi per layer", "",
                   f"Mean over seeds; validation with a t-interval over seeds, test with the {level} bootstrap interval.",
-                  "", "| dataset | SLM | LLM | layer | swept | seeds | validation | test | test interval |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  " Tied = the layer's validation accuracy is not significantly below the oracle's (paired "
+                  "bootstrap over validation rows and seeds).",
+                  "", "| dataset | SLM | LLM | layer | swept | seeds | validation | test | test interval | tied |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in tables["layers"].itertuples():
             lines.append(f"| {r.dataset} | {r.slm} | {r.llm} | {r.layer} | {'yes' if r.swept else 'no'} | {r.n_seeds} | "
-                         f"{_pct(r.val_mean)} | {_pct(r.test_mean)} | {_pct(r.test_low)}–{_pct(r.test_high)} |")
+                         f"{_pct(r.val_mean)} | {_pct(r.test_mean)} | {_pct(r.test_low)}–{_pct(r.test_high)} | "
+                         f"{_yes_no(r.tied)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -334,6 +351,8 @@ def selector_intro(selectors: pd.DataFrame, level: str) -> str:
             f"with its {level} paired interval (* = the interval excludes 0: a real difference; above 0 the "
             "selector's layer is worse). Rank = the chosen layer's place among the swept layers by validation "
             "accuracy. "
+            "Tied = the selector's layer is tied with the best: its validation accuracy is not significantly "
+            "below the oracle's (paired bootstrap over validation rows and seeds, the rows the oracle was chosen on). "
             "ρ and τ = Spearman and Kendall correlations of the selector's scores with the sweep's validation "
             "accuracy; top 3 = the oracle is among the selector's 3 best-scored swept layers. " + stability)
 
