@@ -1,21 +1,21 @@
-"""The selector leaderboard: every selector judged against the PiFi layer sweep of a finished project.
+"""The selector leaderboard: every selector, and a race, judged against the PiFi layer sweep of a finished project.
 
     make leaderboard        # runs the project (configs/leaderboard.yaml) under leaderboard/, then this
     .venv/bin/python benchmarks/selectors_leaderboard.py leaderboard [--out FILE] [--load TEXT]
 
-Per dataset and selector, from the project's summary (``selectors.csv``), score files and runs:
-the chosen layer, regret (oracle's test accuracy - the chosen layer's, points) with its paired
-bootstrap interval, Spearman rho and Kendall tau with the sweep's validation accuracy, whether the
-oracle is among the selector's 3 best-scored swept layers, and its cost in seconds next to one PiFi
-training run. The oracle is the best *swept* layer, so a selector chooses among the same layers:
-``layer`` is its best-scored swept layer (``layer_any`` its choice over every layer), and every
-regret comes from the sweep's own runs. Across datasets: each selector against ``ilm_pc_patching``
-(the seed's score, the default), a paired bootstrap of test accuracy between their two layers.
+One judge: the oracle, each layer's validation gap to it, the layers *tied with the best* and every
+regret come from ``pifi.summary`` (``sweep_judge``, ``regret``, ``is_tied``), the code behind
+``summary.md``; the race is ``pifi.race.replay`` on the sweep's per-epoch histories.
 
-Costs: a state selector pays the hidden-state extraction job (Snakemake's ``benchmark:`` file) plus
-its own scoring, timed here on the cached states without stability resamples; ``plugin_probe`` pays
-its CLS-vector job and its scoring job (both ``benchmark:`` files, start-up included); the baselines
-cost nothing. A PiFi training run is the mean ``train`` job of the sweep.
+Per dataset: the majority class's share of the validation rows (``majority_accuracy``), whether the
+sweep learned anything (``informative``: the best swept layer >= 5 points above it on validation),
+the rows judged on, the oracle and the tied set. Per selector: its layer (its best-scored *swept*
+layer, as the oracle is the best swept layer), regret on test with its paired interval, ``tied`` (its
+layer is tied with the best: a *hit*), Spearman rho and Kendall tau with the sweep's validation
+accuracy, oracle in its top 3, and its cost next to one PiFi training run. Variants judged beside the
+selectors: ``<selector>+modal`` (the swept layer that won most stability resamples, selection.choice:
+modal) and ``plugin_probe+loss`` (the same trained plug-ins scored by held-out loss). Across datasets,
+only informative ones count, and the rule for changing the defaults is applied as stated in the README.
 """
 
 from __future__ import annotations
@@ -29,16 +29,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pifi.artifacts import read_json, write_json
+from pifi.artifacts import read_json, read_parquet, write_json
 from pifi.hidden import load_states
+from pifi.race import RaceSettings, histories_from_files, replay
 from pifi.selectors import PLUGIN_PROBE, best_layer, score_layers
-from pifi.stats import compare, in_top, kendall, spearman
-from pifi.summary import correctness, load_runs
+from pifi.stats import in_top, kendall, spearman
+from pifi.summary import Bootstrap, is_tied, load_runs, read_selections, regret, sweep_judge
 
 from common import RESULTS, machine_info
 
 BASELINES = ("first", "last", "middle")
 REFERENCE = "ilm_pc_patching"
+INFORMATIVE_POINTS = 0.05  # the best swept layer must beat the majority class by this much on validation
+RACE_COST_LIMIT = 0.35     # the race replaces the sweep only at or below this share of its cost
 
 
 def job_seconds(path: Path) -> float:
@@ -56,7 +59,7 @@ class Project:
     def scores(self, name: str) -> dict:
         if name == REFERENCE:
             effects = read_json(self.selection / self.slm / self.llm / "effects.json")
-            return {"scores": effects["effects"],
+            return {"scores": effects["effects"], "stability": effects.get("stability"),
                     "params": {"n_pcs": effects["n_pcs"], "top_pc": effects["top_pc"], "lambdas": effects["lambdas"]}}
         folder = self.selection / (f"{self.slm}/{self.llm}" if name == PLUGIN_PROBE else self.llm) / "scores"
         return read_json(folder / f"{name}.json")
@@ -64,32 +67,48 @@ class Project:
     def seconds(self, *parts: str) -> float:
         return job_seconds(self.results.joinpath("benchmarks", *parts))
 
+    def run_dir(self, layer: int, seed: int) -> Path:
+        return self.results / "runs" / self.dataset / self.slm / "pifi" / self.llm / f"layer{layer}" / f"seed{seed}"
 
-def dataset_entry(project: Project, rows: pd.DataFrame, runs: pd.DataFrame, swept: list[int]) -> dict:
+
+def majority_accuracy(labels: np.ndarray) -> float:
+    """The share of the most frequent class: what always answering it scores."""
+    return float(np.bincount(labels).max() / len(labels))
+
+
+def modal_swept_layer(win_rate: list[float], swept: list[int]) -> int:
+    """The swept layer that won most stability resamples (the lowest on ties)."""
+    return swept[best_layer([win_rate[layer] for layer in swept])]
+
+
+def dataset_entry(project: Project, judge: dict, swept: list[int], boot: Bootstrap) -> dict:
     p = project
-    pifi = runs[(runs["dataset"] == p.dataset) & (runs["method"] == "pifi")]
-    by_layer = {int(layer): frame for layer, frame in pifi.groupby("llm_layer")}
-    seeds = sorted(int(s) for s in pifi["seed"].unique())
-    val_by_layer = {layer: float(by_layer[layer]["validation_accuracy"].mean()) for layer in swept}
-    oracle = int(rows["oracle_layer"].iloc[0])
-    oracle_correct = correctness(by_layer[oracle])
+    by_layer, oracle, gaps, val_by_layer = judge["by_layer"], judge["oracle"], judge["gaps"], judge["validation"]
+    seeds = sorted(int(s) for s in by_layer[oracle]["seed"])
+    validation = read_parquet(p.run_dir(oracle, seeds[0]) / "validation_predictions.parquet", columns=["label"])
+    test = read_parquet(p.run_dir(oracle, seeds[0]) / "predictions.parquet", columns=["label"])
+    majority = majority_accuracy(validation["label"].to_numpy())
+    best = max(val_by_layer.values())
     train_runs = [p.seconds("runs", p.dataset, p.slm, "pifi", p.llm, f"layer{layer}", f"seed{seed}", "train.tsv")
                   for layer in swept for seed in seeds]
     one_run = float(np.mean(train_runs))
     extraction = p.seconds("hidden", p.dataset, f"{p.llm}.tsv")
     states, labels = load_states(p.results / "hidden" / p.dataset / p.llm / "states.safetensors")
 
+    def judged_layer(layer: int) -> dict:
+        lost = regret(by_layer, oracle, layer, boot)
+        return {"layer": layer, "tied": is_tied(gaps[layer]), "regret": _points(lost.difference),
+                "regret_ci": [_points(lost.low), _points(lost.high)], "regret_significant": lost.significant}
+
     def judged(scores: list[float]) -> dict:
-        layer = swept[best_layer([scores[s] for s in swept])]
-        regret = compare(oracle_correct, correctness(by_layer[layer]))
-        return {"layer": layer, "regret": _points(regret.difference),
-                "regret_ci": [_points(regret.low), _points(regret.high)], "regret_significant": regret.significant,
+        return {**judged_layer(swept[best_layer([scores[s] for s in swept])]),
                 "rho": _rounded(spearman(scores, val_by_layer)), "tau": _rounded(kendall(scores, val_by_layer)),
                 "top3": in_top(3, oracle, scores, swept)}
 
-    selectors = {}
-    for row in rows.itertuples():
-        name, report = row.selector, p.scores(row.selector)
+    selectors, variants = {}, {}
+    selection = read_json(p.selection / p.slm / p.llm / "selection.json")
+    for name in selection["choices"]:
+        report = p.scores(name)
         if name == PLUGIN_PROBE:
             seconds = p.seconds("features", p.dataset, f"{p.slm}.tsv") + p.seconds(
                 "selection", p.dataset, p.slm, p.llm, f"{name}.tsv")
@@ -99,21 +118,28 @@ def dataset_entry(project: Project, rows: pd.DataFrame, runs: pd.DataFrame, swep
             started = time.perf_counter()
             score_layers(name, states, labels, **report["params"])
             seconds = extraction + time.perf_counter() - started
-        selectors[name] = {**judged(report["scores"]), "layer_any": int(row.layer), "seconds": round(seconds, 1),
-                           "seconds_per_training_run": round(seconds / one_run, 3)}
-    # Each selector's layer against the reference's, paired over test rows and seeds: > 0 = better than it.
-    reference = correctness(by_layer[selectors[REFERENCE]["layer"]])
-    for result in selectors.values():
-        versus = compare(correctness(by_layer[result["layer"]]), reference)
-        result["vs_ilm_pc_patching"] = {"difference": _points(versus.difference),
-                                        "ci": [_points(versus.low), _points(versus.high)],
-                                        "significant": versus.significant}
-    # plugin_probe scored by held-out loss instead of accuracy: the same trained plug-ins, a smoother score.
-    losses = p.scores(PLUGIN_PROBE)["details"]["held_out_loss"]
+        cost = {"seconds": round(seconds, 1), "seconds_per_training_run": round(seconds / one_run, 3)}
+        selectors[name] = {**judged(report["scores"]), **cost}
+        win_rate = (report.get("stability") or {}).get("win_rate")
+        if win_rate is not None:  # selection.choice: modal
+            variants[f"{name}+modal"] = {**judged_layer(modal_swept_layer(win_rate, swept)), **cost}
+        if name == PLUGIN_PROBE:  # the same trained plug-ins scored by held-out loss (score: loss)
+            losses = report["details"]["held_out_loss"]
+            variants[f"{name}+loss"] = {**judged([-loss for loss in losses]), **cost}
+    histories = histories_from_files({(layer, seed): p.run_dir(layer, seed) / "history.json"
+                                      for layer in swept for seed in seeds})
+    race = replay(histories, RaceSettings())
     return {"oracle_layer": oracle, "swept_layers": swept, "seeds": seeds,
+            "validation_rows": len(validation), "test_rows": len(test),
+            "majority_accuracy": round(majority, 4), "best_validation_accuracy": round(best, 4),
+            "informative": bool(best - majority >= INFORMATIVE_POINTS - 1e-12),
+            "tied_layers": judge["tied"],
             "validation_accuracy_by_layer": {str(k): round(v, 4) for k, v in val_by_layer.items()},
             "one_training_run_seconds": round(one_run, 1), "sweep_seconds": round(float(np.sum(train_runs)), 1),
-            "selectors": selectors, "plugin_probe_loss_variant": judged([-loss for loss in losses])}
+            "race": {**judged_layer(race.layer), "cost_fraction": round(race.cost_fraction, 4),
+                     "cost_runs": race.cost_runs, "sweep_runs": race.sweep_runs,
+                     "rungs": race.to_dict()["rungs"]},
+            "selectors": selectors, "variants": variants}
 
 
 def _points(value: float) -> float:
@@ -124,51 +150,78 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(float(value), 3)
 
 
-def overall(entries: dict[str, dict]) -> dict[str, dict]:
-    """Per selector over datasets: mean regret, rho, tau, top-3 count, datasets where it beat the reference."""
-    names = list(dict.fromkeys(name for entry in entries.values() for name in entry["selectors"]))
-    table = {}
-    for name in names:
-        rows = [entry["selectors"][name] for entry in entries.values() if name in entry["selectors"]]
-        versus = [r["vs_ilm_pc_patching"] for r in rows]
-        table[name] = {
-            "mean_regret": round(float(np.mean([r["regret"] for r in rows])), 2),
-            "significant_regret": sum(r["regret_significant"] for r in rows),
-            "mean_rho": _mean([r["rho"] for r in rows]), "mean_tau": _mean([r["tau"] for r in rows]),
-            "top3": sum(bool(r["top3"]) for r in rows), "datasets": len(rows),
-            "better_than_ilm_pc_patching": sum(v["difference"] > 0 for v in versus),
-            "significantly_better": sum(v["significant"] and v["difference"] > 0 for v in versus),
-            "mean_seconds": round(float(np.mean([r["seconds"] for r in rows])), 1),
-            "mean_seconds_per_training_run": round(float(np.mean([r["seconds_per_training_run"] for r in rows])), 3)}
-    return table
-
-
-def markdown(report: dict) -> str:
-    """The README's table: per selector, regret per dataset (* = interval excludes 0), mean rho and tau,
-    oracle in top 3, cost relative to one PiFi training run."""
-    datasets = report["datasets"]
-    head = ["selector", *[f"{d} regret" for d in datasets], "mean ρ", "mean τ", "oracle in top 3", "cost / run"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    order = sorted(report["overall"], key=lambda name: report["overall"][name]["mean_regret"])
-    for name in order:
-        cells = [f"`{name}`"]
-        for dataset in datasets:
-            r = report[dataset][name]
-            cells.append(f"{r['regret']:+.1f}{'*' if r['regret_significant'] else ''} (L{r['layer']})")
-        o = report["overall"][name]
-        cells += [_signed(o["mean_rho"]), _signed(o["mean_tau"]), f"{o['top3']}/{o['datasets']}",
-                  f"{o['mean_seconds_per_training_run']:.2f}x"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _signed(value: float | None) -> str:
-    return "-" if value is None else f"{value:+.2f}"
-
-
 def _mean(values: list[float | None]) -> float | None:
     values = [v for v in values if v is not None]
     return round(float(np.mean(values)), 3) if values else None
+
+
+def overall(entries: dict[str, dict]) -> dict[str, dict]:
+    """Per selector (and variant, and the race) over the *informative* datasets: hits (tied with the best),
+    mean regret, mean rho and tau, top-3 count, mean cost."""
+    informative = {d: e for d, e in entries.items() if e["informative"]}
+    rows_by_name: dict[str, list[dict]] = {}
+    for entry in informative.values():
+        for name, row in {**entry["selectors"], **entry["variants"], "race": entry["race"]}.items():
+            rows_by_name.setdefault(name, []).append(row)
+    table = {}
+    for name, rows in rows_by_name.items():
+        table[name] = {"hits": sum(bool(r["tied"]) for r in rows), "datasets": len(rows),
+                       "mean_regret": round(float(np.mean([r["regret"] for r in rows])), 2),
+                       "significant_regret": sum(r["regret_significant"] for r in rows),
+                       "mean_rho": _mean([r.get("rho") for r in rows]), "mean_tau": _mean([r.get("tau") for r in rows]),
+                       "top3": sum(bool(r.get("top3")) for r in rows)}
+        if name == "race":
+            table[name]["max_cost_fraction"] = max(r["cost_fraction"] for r in rows)
+        else:
+            table[name]["mean_seconds_per_training_run"] = round(float(np.mean(
+                [r["seconds_per_training_run"] for r in rows])), 3)
+    return table
+
+
+def default_rule(table: dict[str, dict], n_informative: int, selectors: list[str]) -> dict:
+    """The rule stated before the run (README): the race replaces pifi_sweep in config.yaml if it hits every
+    informative dataset at <= 35% of the sweep's cost; a selector becomes the default if it hits every
+    informative dataset and no other selector hits as many with a higher mean rho."""
+    race = table.get("race")
+    race_wins = bool(n_informative and race and race["hits"] == n_informative
+                     and race["max_cost_fraction"] <= RACE_COST_LIMIT)
+    everywhere = [name for name in selectors if name in table and n_informative
+                  and table[name]["hits"] == n_informative]
+    rho = {name: table[name]["mean_rho"] if table[name]["mean_rho"] is not None else -np.inf for name in selectors
+           if name in table}
+    winner = next((name for name in sorted(everywhere, key=lambda n: -rho[n])
+                   if not any(table[o]["hits"] >= n_informative and rho[o] > rho[name] for o in rho if o != name)),
+                  None)
+    return {"informative_datasets": n_informative, "race_replaces_sweep": race_wins, "default_selector": winner}
+
+
+def markdown(report: dict) -> str:
+    """The README's table: per selector, regret per dataset (* = interval excludes 0; ✓ = tied with the best),
+    hits on informative datasets, mean rho, cost relative to one PiFi training run."""
+    datasets = report["datasets"]
+    sweeps = report["sweeps"]
+    head = ["selector", *[f"{d}{'' if sweeps[d]['informative'] else ' (uninformative)'}" for d in datasets],
+            "hits", "mean ρ", "cost / run"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines.append("| majority / best val | " + " | ".join(
+        f"{100 * sweeps[d]['majority_accuracy']:.1f} / {100 * sweeps[d]['best_validation_accuracy']:.1f}"
+        for d in datasets) + " | | | |")
+    lines.append("| tied with the best | " + " | ".join(
+        ", ".join(map(str, sweeps[d]["tied_layers"])) for d in datasets) + " | | | |")
+    o = report["overall"]
+    order = sorted(o, key=lambda name: (-o[name]["hits"], o[name]["mean_regret"]))
+    for name in order:
+        cells = [f"`{name}`"]
+        for dataset in datasets:
+            r = sweeps[dataset]["race"] if name == "race" else report[dataset].get(name)
+            cells.append("-" if r is None else f"{r['regret']:+.1f}{'*' if r['regret_significant'] else ''} "
+                                               f"(L{r['layer']}{' ✓' if r['tied'] else ''})")
+        cost = (f"{100 * o[name]['max_cost_fraction']:.0f}% of the sweep" if name == "race"
+                else f"{o[name]['mean_seconds_per_training_run']:.2f}x")
+        mean_rho = o[name]["mean_rho"]
+        cells += [f"{o[name]['hits']}/{o[name]['datasets']}", "-" if mean_rho is None else f"{mean_rho:+.2f}", cost]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -176,27 +229,39 @@ def main() -> None:
     parser.add_argument("project", type=Path, help="the finished leaderboard project (snakemake --directory)")
     parser.add_argument("--out", type=Path, default=RESULTS / "selectors_leaderboard.json")
     parser.add_argument("--load", default="quiet", help="what else ran on the machine meanwhile (recorded)")
+    parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (the summary's default)")
     args = parser.parse_args()
     results = args.project / "results"
-    selectors = pd.read_csv(results / "summary" / "selectors.csv")
-    layers = pd.read_csv(results / "summary" / "layers.csv")
+    boot = Bootstrap(n_resamples=args.resamples)
+    layers = read_parquet(results / "summary" / "layers.parquet")
     runs = load_runs(sorted(results.glob("runs/*/*/pifi/*/layer*/seed*/metrics.json")))
+    selections = read_selections(sorted(results.glob("selection/*/*/*/selection.json")))
+    for key in selections:  # the swept layers, as the summary recorded them
+        mine = layers[(layers["dataset"] == key[0]) & (layers["slm"] == key[1]) & (layers["llm"] == key[2])]
+        selections[key]["swept_layers"] = sorted(int(layer) for layer in mine.loc[mine["swept"], "layer"])
+    judged = sweep_judge(runs, selections, boot)
     entries = {}
-    for (dataset, slm, llm), rows in selectors.groupby(["dataset", "slm", "llm"], sort=True):
-        mine = layers[(layers["dataset"] == dataset) & (layers["slm"] == slm) & (layers["llm"] == llm)]
-        swept = sorted(int(layer) for layer in mine.loc[mine["swept"], "layer"])
-        entries[dataset] = dataset_entry(Project(args.project, dataset, slm, llm), rows, runs, swept)
-        print(f"{dataset}: oracle layer {entries[dataset]['oracle_layer']}, one training run "
-              f"{entries[dataset]['one_training_run_seconds']} s", flush=True)
+    for (dataset, slm, llm), judge in sorted(judged.items()):
+        swept = selections[(dataset, slm, llm)]["swept_layers"]
+        entries[dataset] = dataset_entry(Project(args.project, dataset, slm, llm), judge, swept, boot)
+        e = entries[dataset]
+        print(f"{dataset}: majority {e['majority_accuracy']:.3f}, best validation {e['best_validation_accuracy']:.3f}"
+              f" ({'informative' if e['informative'] else 'uninformative'}), oracle layer {e['oracle_layer']}, tied "
+              f"{e['tied_layers']}, race layer {e['race']['layer']} at {e['race']['cost_fraction']:.0%}; one training "
+              f"run {e['one_training_run_seconds']} s", flush=True)
+    table = overall(entries)
+    selectors = list(next(iter(entries.values()))["selectors"]) if entries else []
     report = {"datasets": sorted(entries), "machine": {**machine_info(torch.device("cpu")), "load": args.load},
-              "project": str(args.project), "overall": overall(entries)}
-    # Per dataset, per selector: layer, regret, regret_ci, rho, tau, top3, seconds (and more); the dataset's
-    # oracle, sweep and costs under "sweeps".
-    report["sweeps"] = {dataset: {k: v for k, v in entry.items() if k != "selectors"} for dataset, entry in entries.items()}
+              "project": str(args.project), "overall": table,
+              "rule": default_rule(table, sum(e["informative"] for e in entries.values()), selectors)}
+    # Per dataset, per selector: layer, tied, regret, regret_ci, rho, tau, top3, seconds; the dataset's
+    # majority, rows, oracle, tied set, race and costs under "sweeps".
+    report["sweeps"] = {dataset: {k: v for k, v in entry.items() if k not in ("selectors", "variants")}
+                        for dataset, entry in entries.items()}
     for dataset, entry in entries.items():
-        report[dataset] = entry["selectors"]
+        report[dataset] = {**entry["selectors"], **entry["variants"]}
     write_json(args.out, report)
-    print(json.dumps(report["overall"], indent=1))
+    print(json.dumps({"overall": report["overall"], "rule": report["rule"]}, indent=1))
     print(markdown(report))
 
 

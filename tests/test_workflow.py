@@ -508,15 +508,35 @@ def test_plugin_probe_trains_on_the_selection_rows_and_feeds_the_leaderboard(pro
     assert result.returncode == 0, result.stderr[-3000:]
     board = read_json(out)
     assert board["datasets"] == sorted(cfg["run"]["datasets"]) and "machine" in board
+    summary = pd.read_csv(workdir / "results/summary/selectors.csv")
+    layers = pd.read_csv(workdir / "results/summary/layers.csv")
     for dataset in board["datasets"]:
-        oracle = board["sweeps"][dataset]["oracle_layer"]
+        sweep = board["sweeps"][dataset]
+        oracle = sweep["oracle_layer"]
+        run = files(workdir, f"results/runs/{dataset}/*/pifi/*/layer0/seed1")[0]
+        validation = read_parquet(run / "validation_predictions.parquet")
+        rows = cfg["training"]["max_eval_samples"]  # of the 96 of each split
+        assert sweep["validation_rows"] == len(validation) == rows and sweep["test_rows"] == rows
+        assert sweep["majority_accuracy"] == round(validation["label"].value_counts().max() / rows, 4)
+        assert sweep["informative"] == (sweep["best_validation_accuracy"] - sweep["majority_accuracy"] >= 0.05)
+        mine = layers[(layers["dataset"] == dataset) & layers["swept"]]
+        assert sweep["tied_layers"] == sorted(mine.loc[mine["tied"], "layer"].tolist()) and oracle in sweep["tied_layers"]
+        assert {"layer", "tied", "cost_fraction", "regret"} <= set(sweep["race"])
+        # 2 layers x 1 epoch, then 1 layer x 3 more epochs, then 1 x 1 more seed x 4 epochs, of 2 x 2 x 4
+        assert sweep["race"]["cost_fraction"] == round(9 / 16, 4)
         for name in cfg["selection"]["selectors"]:
             row = board[dataset][name]
-            assert {"layer", "regret", "regret_ci", "rho", "tau", "top3", "seconds"} <= set(row)
+            assert {"layer", "tied", "regret", "regret_ci", "rho", "tau", "top3", "seconds"} <= set(row)
             assert row["layer"] in cfg["sweep"]["layers"]
+            assert row["tied"] == (row["layer"] in sweep["tied_layers"])
             assert row["regret_ci"][0] <= row["regret"] <= row["regret_ci"][1]
             if row["layer"] == oracle:  # the oracle against itself: no regret, no interval
                 assert row["regret"] == 0 and row["regret_ci"] == [0, 0]
+            same = summary[(summary["dataset"] == dataset) & (summary["selector"] == name)
+                           & (summary["layer"] == row["layer"])]
+            if len(same):  # one judge: the summary's regret, in points
+                assert row["regret"] == pytest.approx(100 * same["regret"].iloc[0], abs=0.006)
+        assert "plugin_probe+loss" in board[dataset]
 
 
 def small_project(tmp_path: Path, **run) -> tuple[Path, Path, Path]:
