@@ -1,5 +1,5 @@
 # PiFi-ILM: which LLM layer to plug into a small model, and does it beat the baseline?
-# data -> hidden states -> layer scores -> selected layer -> PiFi training (selected, last, sweep)
+# data -> hidden states -> layer scores -> selected layer -> PiFi training (selected, last, sweep, race)
 #      -> evaluation -> summary with statistics -> figures and report
 import os
 import sys
@@ -27,6 +27,7 @@ include: "workflow/rules/models.smk"
 include: "workflow/rules/hidden.smk"
 include: "workflow/rules/selection.smk"
 include: "workflow/rules/training.smk"
+include: "workflow/rules/race.smk"
 include: "workflow/rules/evaluation.smk"
 include: "workflow/rules/summary.smk"
 

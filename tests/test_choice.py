@@ -42,3 +42,16 @@ def test_selection_record_is_driven_by_the_configured_selector():
 def test_unconverged_layers():
     assert unconverged_layers([True, False, True, False]) == [1, 3]
     assert unconverged_layers(None) == []
+
+
+def test_modal_choice_takes_the_layer_that_won_most_resamples():
+    """demo_sentiment's case: the best-scored layer (2) won no resample, layer 0 most of them."""
+    report = {"scores": [0.1, 0.2, 0.9], "stability": {"win_rate": [0.6, 0.4, 0.0], "modal_layer": 0}}
+    modal = choice(report, "modal")
+    assert (modal["layer"], modal["argmax_layer"], modal["win_rate"], modal["score"]) == (0, 2, 0.6, 0.1)
+    assert choice(report)["layer"] == 2 and choice(report)["win_rate"] == 0.0
+    assert choice({"scores": [0.1, 0.9], "stability": None}, "modal")["layer"] == 1  # no resamples: the argmax
+    record = selection_record({"fisher": report}, "fisher", dataset="d", slm="s", llm="l", rule="modal")
+    assert record["layer"] == 0 and record["rule"] == "modal"
+    with pytest.raises(ValueError, match="selection.choice must be one of"):
+        choice(report, "median")

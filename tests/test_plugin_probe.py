@@ -79,6 +79,17 @@ def test_plugin_probe_is_deterministic_and_scores_only_the_layers_asked(construc
     assert len(first) == 2 and first[1] > first[0]
 
 
+def test_score_loss_is_minus_the_held_out_loss_of_the_same_plug_ins(constructed_llm):
+    features, labels = separable(seed=1)
+    details: dict = {}
+    accuracy = score_plugged_layers(features, labels, constructed_llm, epochs=3, details=details)
+    loss = score_plugged_layers(features, labels, constructed_llm, epochs=3, score="loss")
+    assert loss == [-value for value in details["held_out_loss"]] and loss != accuracy
+    assert best_layer(loss) == IDENTITY_LAYER
+    with pytest.raises(ValueError, match="score='auc' must be 'accuracy' or 'loss'"):
+        score_plugged_layers(features, labels, constructed_llm, score="auc")
+
+
 def test_bad_inputs_say_what_is_wrong(constructed_llm):
     features, labels = separable()
     with pytest.raises(ValueError, match="N x d_slm"):

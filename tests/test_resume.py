@@ -113,6 +113,23 @@ def test_an_interrupted_run_resumes_to_the_unbroken_result(stop_at, setup, unbro
     assert_same_run(resumed, unbroken)
 
 
+def test_a_race_rung_continued_from_its_checkpoint_equals_the_uninterrupted_run(setup, unbroken, tmp_path):
+    """A race's first rung trains 1 epoch and stops, its checkpoint kept; the continuation to the full
+    recipe (a later job, a fresh store object) is the uninterrupted run, tensor for tensor."""
+    initial, train, validation = setup
+    rung = train_classifier(copy.deepcopy(initial), train, validation, CFG, CPU,
+                            resume=ResumeStore(tmp_path / "resume", fingerprint("run", 1)), stop_after_epoch=1)
+    assert [r["epoch"] for r in rung.history] == [1] and rung.history == unbroken[0].history[:1]
+    assert checkpoint_files(tmp_path / "resume")
+    again = train_classifier(copy.deepcopy(initial), train, validation, CFG, CPU,  # the rung re-run: nothing to do
+                             resume=ResumeStore(tmp_path / "resume", fingerprint("run", 1)), stop_after_epoch=1)
+    assert again.history == rung.history and again.steps == 0
+    seen = []
+    continued = run(setup, resume=ResumeStore(tmp_path / "resume", fingerprint("run", 1)), on_epoch=seen.append)
+    assert continued[0].resumed_from_epoch == 1 and [r["epoch"] for r in seen] == list(range(2, EPOCHS + 1))
+    assert_same_run(continued, unbroken)
+
+
 def test_the_last_epoch_is_not_checkpointed_and_clear_removes_the_store(setup, unbroken, tmp_path):
     store = ResumeStore(tmp_path / "resume", "fp")
     assert_same_run(run(setup, resume=store), unbroken)  # saving checkpoints does not change the run

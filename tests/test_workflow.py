@@ -28,7 +28,7 @@ from tiny_project import LLM_LAYERS, REPO, leak_test_rows, write_tiny_project
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 SEED_KEYS = ["task", "dataset", "slm_type", "llm_type", "n_samples", "n_pcs", "top_pc", "effects",
              "best_llm_layer", "seed"]
-METHODS = ["base", "pifi_last", "pifi_ilm", "pifi_oracle"]
+METHODS = ["base", "pifi_last", "pifi_ilm", "pifi_race", "pifi_oracle"]
 LEAKED_TEST_ROWS = 4  # topics' first test rows are copies of training rows
 
 
@@ -90,6 +90,9 @@ def project(tmp_path_factory):
     workdir = root / "work"
     config = write_tiny_project(workdir)
     leak_test_rows(workdir / "data" / "topics", LEAKED_TEST_ROWS)  # the default split_overlap (warn) keeps them
+    settings = yaml.safe_load(config.read_text())
+    settings["run"]["methods"].append("pifi_race")  # beside the sweep: it reads the sweep's runs
+    config.write_text(yaml.safe_dump(settings, sort_keys=False))
     result = snakemake(workflow, workdir, "--configfile", str(config))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return workflow, workdir, config, result.stderr
@@ -131,6 +134,7 @@ def test_each_layer_and_seed_is_trained_once(project):
     _, workdir, config, log = project
     trained = [w for rule, w in executed(log) if rule == "train_pifi"]
     assert trained and len(trained) == len(set(trained))
+    assert "race_first_rung" not in {rule for rule, _ in executed(log)}  # the race read the sweep's histories
     cfg = yaml.safe_load(config.read_text())
     for dataset in cfg["run"]["datasets"]:
         selection = json.loads(files(workdir, f"results/selection/{dataset}/*/*/selection.json")[0].read_text())
@@ -461,6 +465,49 @@ def test_unsafe_registry_keys_are_refused_when_the_dag_is_built(tmp_path):
     assert result.returncode != 0
     assert "config.models.../../escape: not a safe name" in result.stdout + result.stderr
     assert not (tmp_path / "escape").exists() and not (workdir / "results").exists()
+
+
+def test_pifi_race_halves_the_layers_and_its_continued_run_equals_an_uninterrupted_one(tmp_path):
+    """pifi_race alone on the tiny sweep (all 3 layers, 2 seeds, 4 epochs): the first rung trains every layer
+    1 epoch on seed 1, each cut keeps ceil(n / 3) = 1, the survivor's seed-1 run resumes after epoch 1, and that
+    run is byte for byte the run trained from scratch; the summary has a pifi_race row with its cost."""
+    workflow, workdir, config = small_project(tmp_path, datasets=["sentiment"], methods=["pifi_race"])
+    settings = yaml.safe_load(config.read_text())
+    settings["sweep"] = {"layers": "all"}
+    config.write_text(yaml.safe_dump(settings, sort_keys=False))
+    result = snakemake(workflow, workdir, "--configfile", str(config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    race_dir = workdir / "results/race/sentiment/tiny_bert/tiny_llama"
+    rungs = {p.parent.name: json.loads(p.read_text()) for p in race_dir.glob("first_rung/layer*/seed1.json")}
+    assert sorted(rungs) == ["layer0", "layer1", "layer2"] and all(len(r["epochs"]) == 1 for r in rungs.values())
+    cut1, cut2 = (json.loads((race_dir / f"cut{n}.json").read_text()) for n in (1, 2))
+    first_scores = {int(r["layer"]): r["best_validation_accuracy"] for r in rungs.values()}
+    assert cut1["survivors"] == [min(first_scores, key=lambda layer: (-first_scores[layer], layer))]
+    assert cut2["survivors"] == cut1["survivors"]  # one layer left: the second cut keeps it
+    race = json.loads((race_dir / "race.json").read_text())
+    layer = cut2["survivors"][0]
+    assert race["layer"] == layer and race["cost_runs"] == (3 * 1 + 1 * 3 + 1 * 1 * 4) / 4
+    assert race["sweep_runs"] == 3 * 2 and race["cost_fraction"] == pytest.approx(10 / 24)
+    assert "PiFi: race sentiment/tiny_bert + tiny_llama: layer" in result.stderr
+    run = workdir / f"results/runs/sentiment/tiny_bert/pifi/tiny_llama/layer{layer}/seed1"
+    assert json.loads((run / "timings.json").read_text())["resumed_after_epoch"] == 1
+    assert not (run / "resume").exists()  # cleared once the run's outputs were written
+    assert not list(workdir.glob("results/runs/*/*/pifi/*/layer*/seed2/resume"))
+    trained = sorted(str(p.relative_to(workdir)) for p in workdir.glob("results/runs/**/model.safetensors"))
+    assert trained == [f"results/runs/sentiment/tiny_bert/pifi/tiny_llama/layer{layer}/seed{s}/model.safetensors"
+                       for s in (1, 2)]
+    summary = pd.read_csv(workdir / "results/summary/summary.csv")
+    row = summary[summary["method"] == "pifi_race"].iloc[0]
+    assert (str(row["llm_layer"]), row["training_runs"], row["n_seeds"]) == (str(layer), 2.5, 2)
+
+    continued = {name: (run / name).read_bytes() for name in ("model.safetensors", "predictions.parquet",
+                                                              "validation_predictions.parquet", "history.json")}
+    for name in continued:
+        (run / name).unlink()
+    again = snakemake(workflow, workdir, str(run.relative_to(workdir) / "history.json"), "--configfile", str(config))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((run / "timings.json").read_text())["resumed_after_epoch"] == 0  # from scratch this time
+    assert {name: (run / name).read_bytes() for name in continued} == continued
 
 
 def test_identical_runs_write_identical_artifacts(tmp_path):

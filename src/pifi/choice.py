@@ -28,23 +28,34 @@ def unconverged_layers(converged: Sequence[bool] | None) -> list[int]:
     return [] if converged is None else [layer for layer, ok in enumerate(converged) if not ok]
 
 
-def choice(report: Mapping[str, Any]) -> dict[str, Any]:
-    """What one selector chose, from its score file (the seed's effects.json included)."""
+CHOICE_RULES = ("argmax", "modal")
+
+
+def choice(report: Mapping[str, Any], rule: str = "argmax") -> dict[str, Any]:
+    """What one selector chose, from its score file (the seed's effects.json included).
+
+    ``rule`` (selection.choice): ``argmax`` = the best-scored layer; ``modal`` = the layer that won most
+    stability resamples, where there are some (else the best-scored: a selector without resamples, or
+    none valid). ``argmax_layer`` is always the best-scored one.
+    """
+    if rule not in CHOICE_RULES:
+        raise ValueError(f"selection.choice must be one of {CHOICE_RULES}, not {rule!r}")
     scores = report["scores"]
-    layer = best_layer(scores)
+    argmax = best_layer(scores)
     stability = report.get("stability") or {}
-    win_rate = stability.get("win_rate")
-    return {"layer": layer, "score": scores[layer], **margin(scores), "num_layers": len(scores),
-            "win_rate": None if win_rate is None else win_rate[layer],
-            "modal_layer": stability.get("modal_layer")}
+    win_rate, modal = stability.get("win_rate"), stability.get("modal_layer")
+    layer = modal if rule == "modal" and modal is not None else argmax
+    return {"layer": layer, "argmax_layer": argmax, "score": scores[layer], **margin(scores),
+            "num_layers": len(scores), "win_rate": None if win_rate is None else win_rate[layer],
+            "modal_layer": modal, "rule": rule}
 
 
 def selection_record(reports: Mapping[str, Mapping[str, Any]], selector: str, *, dataset: str, slm: str,
-                     llm: str) -> dict[str, Any]:
-    """selection.json: the driving selector's layer first, then every selector's choice."""
+                     llm: str, rule: str = "argmax") -> dict[str, Any]:
+    """selection.json: the driving selector's layer first, then every selector's choice (by ``rule``)."""
     if selector not in reports:
         raise ValueError(f"selector {selector!r} has no scores; computed: {sorted(reports)}")
-    choices = {name: choice(report) for name, report in reports.items()}
+    choices = {name: choice(report, rule) for name, report in reports.items()}
     driving = choices[selector]
     return {"dataset": dataset, "slm": slm, "llm": llm, "selector": selector, "layer": driving["layer"],
             **{k: v for k, v in driving.items() if k != "layer"}, "choices": choices}

@@ -49,8 +49,11 @@ class PluginProbeParams:
     dropout: float = 0.2           # the recipe's
     grad_clip: float = 5.0         # the recipe's
     seed: int = 0
+    score: str = "accuracy"        # accuracy: mean held-out accuracy; loss: minus the mean held-out loss (smoother)
 
     def check(self, labels: np.ndarray) -> None:
+        if self.score not in ("accuracy", "loss"):
+            raise ValueError(f"plugin_probe: score={self.score!r} must be 'accuracy' or 'loss'")
         smallest = int(np.unique(labels, return_counts=True)[1].min())
         if not 2 <= self.folds <= smallest:
             raise ValueError(f"plugin_probe: folds={self.folds} must be between 2 and the smallest class count "
@@ -163,7 +166,8 @@ def score_plugged_layers(features: np.ndarray | torch.Tensor, labels: Sequence[i
                          device: torch.device | str = "cpu", trust_remote_code: bool = False,
                          progress: bool = False, details: dict | None = None, **params) -> list[float]:
     """One score per layer (higher = better): PiFi's plug-in and head trained on ``features`` through that
-    frozen layer of the LLM in ``llm_path``, mean held-out accuracy over folds x initialisations.
+    frozen layer of the LLM in ``llm_path``, mean held-out accuracy over folds x initialisations (with
+    ``score="loss"``: minus the mean held-out loss of the same models).
 
     features: N x d_slm CLS vectors of the selection rows (never test rows); labels: N ints (0..C-1);
     layers: which decoder layers (default: all, in order). ``params`` override ``PluginProbeParams``.
@@ -198,6 +202,8 @@ def score_plugged_layers(features: np.ndarray | torch.Tensor, labels: Sequence[i
         details.update({"layers": layers, "params": asdict(settings),
                         "model_accuracy": [r["accuracy"] for r in per_layer],
                         "held_out_loss": [float(np.mean(r["loss"])) for r in per_layer]})
+    if settings.score == "loss":
+        return [-float(np.mean(r["loss"])) for r in per_layer]
     return [float(np.mean(r["accuracy"])) for r in per_layer]
 
 

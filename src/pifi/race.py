@@ -137,6 +137,26 @@ def _check(histories: Mapping[int, Mapping[int, Sequence[float]]]) -> tuple[list
     return seeds, epochs
 
 
+def rung_scores(histories: Mapping[int, Mapping[int, Sequence[float]]], upto: int) -> dict[int, float]:
+    """Per layer: the mean over its seeds of each run's best validation accuracy within ``upto`` epochs
+    (a run keeps its best epoch). The workflow's rungs and ``replay`` both score with this."""
+    def best(accuracies: Sequence[float]) -> float:
+        return float(max(accuracies[:upto], key=lambda a: (not math.isnan(a), a)))
+
+    return {int(layer): math.fsum(best(runs[seed]) for seed in sorted(runs)) / len(runs)
+            for layer, runs in sorted(histories.items())}
+
+
+def cut(scores: Mapping[int, float], settings: RaceSettings = RaceSettings()) -> tuple[int, ...]:
+    """The layers a rung keeps: the best ceil(n / eta) by score, ties to the lower layer."""
+    return survivors(scores, keep_count(len(scores), settings.eta))
+
+
+def winner(scores: Mapping[int, float]) -> int:
+    """The final rung's layer: the best mean over every seed, chosen as the sweep's oracle is."""
+    return oracle_layer(scores)
+
+
 def replay(histories: Mapping[int, Mapping[int, Sequence[float]]],
            settings: RaceSettings = RaceSettings()) -> RaceResult:
     """Replay the race on ``histories[layer][seed]`` = validation accuracy after each epoch.
@@ -146,21 +166,17 @@ def replay(histories: Mapping[int, Mapping[int, Sequence[float]]],
     """
     seeds, epochs = _check(histories)
     first_epochs = min(settings.first_epochs, epochs)
-
-    def best(layer: int, seed: int, upto: int) -> float:
-        return float(max(histories[layer][seed][:upto], key=lambda a: (not math.isnan(a), a)))
-
-    candidates = sorted(histories)
+    candidates = tuple(sorted(histories))
     rungs = []
     for upto in (first_epochs, epochs):  # rungs 0 and 1, on the first seed
-        scores = {layer: best(layer, seeds[0], upto) for layer in candidates}
-        candidates = survivors(scores, keep_count(len(candidates), settings.eta))
+        scores = rung_scores({layer: {seeds[0]: histories[layer][seeds[0]]} for layer in candidates}, upto)
+        candidates = cut(scores, settings)
         rungs.append(Rung(upto, (seeds[0],), scores, candidates))
-    means = {layer: math.fsum(best(layer, s, epochs) for s in seeds) / len(seeds) for layer in candidates}
-    winner = oracle_layer(means)
-    rungs.append(Rung(epochs, tuple(seeds), means, (winner,)))
+    means = rung_scores({layer: histories[layer] for layer in candidates}, epochs)
+    best = winner(means)
+    rungs.append(Rung(epochs, tuple(seeds), means, (best,)))
     cost, sweep = race_cost(len(histories), len(seeds), epochs, settings)
-    return RaceResult(winner, tuple(rungs), cost, sweep)
+    return RaceResult(best, tuple(rungs), cost, sweep)
 
 
 def histories_from_files(history_files: Mapping[tuple[int, int], str | Path]) -> dict[int, dict[int, list[float]]]:

@@ -109,15 +109,19 @@ def _selectors_words(selection: Mapping) -> str:
 
 def _methods_section(summary: pd.DataFrame, level: str) -> list[str]:
     headers = ["dataset", "SLM", "LLM", "method", "layer", "seeds", "accuracy (%)", f"{level} interval",
-               "macro-F1 (%)", "MCC (%)"]
+               "macro-F1 (%)", "MCC (%)", "training runs"]
     rows = [[r["dataset"], r["slm"], r["llm"], r["method"], r["llm_layer"], r["n_seeds"],
              _mean_std(r["accuracy_mean"], r["accuracy_std"]), _interval(r["accuracy_low"], r["accuracy_high"]),
-             _mean_std(r["macro_f1_mean"], r["macro_f1_std"]), _mean_std(r["mcc_mean"], r["mcc_std"])]
+             _mean_std(r["macro_f1_mean"], r["macro_f1_std"]), _mean_std(r["mcc_mean"], r["mcc_std"]),
+             f"{r['training_runs']:g}"]
             for r in summary.to_dict("records")]
     intro = (f"Test accuracy, macro-F1 and MCC in %, mean ± std over seeds, with the {level} bootstrap interval of "
              "the accuracy.")
     if (summary["method"] == "pifi_oracle").any():
         intro += f" {rst_code('pifi_oracle')} is the swept layer with the best validation accuracy."
+    if (summary["method"] == "pifi_race").any():
+        intro += (f" {rst_code('pifi_race')} is the layer successive halving over the swept layers found; training "
+                  "runs = each method's cost in whole runs.")
     return [_heading("Methods", "-"), intro, _list_table(headers, [_cells(row) for row in rows])]
 
 

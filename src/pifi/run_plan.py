@@ -42,8 +42,34 @@ def base_run_dirs(run: Mapping) -> list[str]:
             for dataset in run["datasets"] for slm in run["slms"] for seed in run["seeds"]]
 
 
+def pifi_run_dir(dataset: str, slm: str, llm: str, layer: int, seed: int) -> str:
+    """Where one PiFi run lives (the race's first rung keeps its epoch checkpoint there too)."""
+    return f"results/runs/{dataset}/{slm}/pifi/{llm}/layer{layer}/seed{seed}"
+
+
 def pifi_run_dirs(run: Mapping, layers_of: Callable[[str, str, str], set[int]]) -> list[str]:
     """results/runs/{dataset}/{slm}/pifi/{llm}/layer{L}/seed{S} for the layers ``layers_of`` gives."""
-    return [f"results/runs/{dataset}/{slm}/pifi/{llm}/layer{layer}/seed{seed}"
+    return [pifi_run_dir(dataset, slm, llm, layer, seed)
             for dataset in run["datasets"] for slm in run["slms"] for llm in run["llms"]
             for layer in sorted(layers_of(dataset, slm, llm)) for seed in run["seeds"]]
+
+
+def race_seed(run: Mapping) -> int:
+    """The seed of the race's first two rungs: the lowest (pifi.race.replay takes the same)."""
+    return min(run["seeds"])
+
+
+def race_run_dirs(run: Mapping, survivors_of: Callable[[str, str, str, int], Sequence[int]]) -> list[str]:
+    """The whole runs pifi_race trains: the first cut's survivors on the race seed, the second cut's on
+    every seed (``survivors_of(dataset, slm, llm, cut)``); the first rung's partial runs are not counted."""
+    if "pifi_race" not in run["methods"]:
+        return []
+    dirs = []
+    for dataset in run["datasets"]:
+        for slm in run["slms"]:
+            for llm in run["llms"]:
+                dirs += [pifi_run_dir(dataset, slm, llm, layer, race_seed(run))
+                         for layer in survivors_of(dataset, slm, llm, 1)]
+                dirs += [pifi_run_dir(dataset, slm, llm, layer, seed)
+                         for layer in survivors_of(dataset, slm, llm, 2) for seed in run["seeds"]]
+    return list(dict.fromkeys(dirs))

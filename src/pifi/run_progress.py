@@ -61,7 +61,16 @@ def planned_runs(config: Mapping, root: str | Path = ".") -> Plan:
                 layers |= run_plan.chosen_layers(run["methods"], chosen, config["selection"]["selector"])
         return layers
 
+    def survivors_of(dataset: str, slm: str, llm: str, rung: int) -> list[int]:
+        nonlocal complete
+        cut = _read(root / f"results/race/{dataset}/{slm}/{llm}/cut{rung}.json")
+        if cut is None:
+            complete = False
+            return []
+        return cut["survivors"]
+
     run_dirs = run_plan.base_run_dirs(run) + run_plan.pifi_run_dirs(run, layers_of)
+    run_dirs += [d for d in run_plan.race_run_dirs(run, survivors_of) if d not in set(run_dirs)]
     return Plan(tuple(run_dirs), complete)
 
 

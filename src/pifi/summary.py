@@ -1,7 +1,8 @@
 """The tables that answer the project's question: is the selected layer a good one?
 
 From every run's metrics and saved test predictions, per dataset x SLM x LLM:
-- ``summary``: each method's test metrics (mean ± std over seeds) with a 95% bootstrap interval;
+- ``summary``: each method's test metrics (mean ± std over seeds) with a 95% bootstrap interval, and its
+  cost in training runs (pifi_race: successive halving over the swept layers, next to the sweep's);
 - ``comparisons``: pifi_ilm - base, pifi_ilm - pifi_last, pifi_last - base and the regret
   (oracle - pifi_ilm), each a paired bootstrap over test rows and seeds, named a win only when the
   interval excludes 0;
@@ -31,8 +32,9 @@ from pifi.config import sweep_layer_set
 from pifi.stats import Comparison, accuracy_ci, compare, in_top, kendall, oracle_layer, rank_of, spearman
 
 METRICS = ("accuracy", "macro_f1", "mcc")
-METHOD_ORDER = ("base", "pifi_last", "pifi_ilm", "pifi_oracle")
-COMPARISONS = (("pifi_ilm", "base"), ("pifi_ilm", "pifi_last"), ("pifi_last", "base"), ("pifi_oracle", "pifi_ilm"))
+METHOD_ORDER = ("base", "pifi_last", "pifi_ilm", "pifi_race", "pifi_oracle")
+COMPARISONS = (("pifi_ilm", "base"), ("pifi_ilm", "pifi_last"), ("pifi_last", "base"), ("pifi_oracle", "pifi_ilm"),
+               ("pifi_race", "base"), ("pifi_oracle", "pifi_race"))
 GROUP = ["dataset", "slm", "llm"]
 
 
@@ -69,8 +71,10 @@ def correctness(runs: pd.DataFrame, split: str = "test") -> np.ndarray:
 
 
 def method_runs(runs: pd.DataFrame, selections: Mapping[tuple[str, str, str], Mapping], methods: Sequence[str],
+                races: Mapping[tuple[str, str, str], Mapping] | None = None,
                 ) -> dict[tuple[str, str, str, str], pd.DataFrame]:
     """{(dataset, slm, llm, method): its runs}: each method is a view of base or of one PiFi layer."""
+    races = races or {}
     views = {}
     pifi = runs[runs["method"] == "pifi"]
     for (dataset, slm, llm), group in pifi.groupby(GROUP, sort=True):
@@ -82,6 +86,8 @@ def method_runs(runs: pd.DataFrame, selections: Mapping[tuple[str, str, str], Ma
             layer_of["pifi_last"] = int(group["num_layers"].iloc[0]) - 1
         if "pifi_ilm" in methods:
             layer_of["pifi_ilm"] = int(selections[(dataset, slm, llm)]["layer"])
+        if "pifi_race" in methods:
+            layer_of["pifi_race"] = int(races[(dataset, slm, llm)]["layer"])
         if "pifi_sweep" in methods:
             layer_of["pifi_oracle"] = oracle_layer(swept_validation(group, selections.get((dataset, slm, llm))))
         for method, layer in layer_of.items():
@@ -99,7 +105,11 @@ def swept_validation(group: pd.DataFrame, selection: Mapping | None) -> dict[int
     return layers.groupby("llm_layer")["validation_accuracy"].mean().astype(float).to_dict()
 
 
-def summary_table(views: Mapping[tuple, pd.DataFrame], boot: Bootstrap) -> pd.DataFrame:
+def summary_table(views: Mapping[tuple, pd.DataFrame], boot: Bootstrap,
+                  training_runs: Mapping[tuple, float] | None = None) -> pd.DataFrame:
+    """Each method's test metrics; ``training_runs``: what it cost in whole training runs (one per seed,
+    the sweep's layers x seeds for the oracle, the race's run-equivalents), default one per seed."""
+    training_runs = training_runs or {}
     rows = []
     for (dataset, slm, llm, method), runs in views.items():
         low, high = accuracy_ci(correctness(runs), n_resamples=boot.n_resamples, seed=boot.seed,
@@ -112,7 +122,8 @@ def summary_table(views: Mapping[tuple, pd.DataFrame], boot: Bootstrap) -> pd.Da
                      "accuracy_low": low, "accuracy_high": high,
                      "validation_accuracy_mean": runs["validation_accuracy"].mean(),
                      "trainable_params": int(runs["trainable_params"].iloc[0]),
-                     "total_params": int(runs["total_params"].iloc[0])})
+                     "total_params": int(runs["total_params"].iloc[0]),
+                     "training_runs": float(training_runs.get((dataset, slm, llm, method), runs["seed"].nunique()))})
     table = pd.DataFrame(rows)
     table["_order"] = table["method"].map({m: i for i, m in enumerate(METHOD_ORDER)})
     return table.sort_values(GROUP + ["_order"]).drop(columns="_order").reset_index(drop=True)
@@ -312,9 +323,19 @@ def read_scores(paths: Iterable[str | Path], selections: Mapping[tuple, Mapping]
     return by_key
 
 
+def read_races(paths: Iterable[str | Path]) -> dict[tuple[str, str, str], dict]:
+    """{(dataset, slm, llm): race.json}: the race's layer and its cost in run-equivalents."""
+    races = {}
+    for path in paths:
+        race = read_json(path)
+        races[(race["dataset"], race["slm"], race["llm"])] = race
+    return races
+
+
 def build_tables(metrics_files: Sequence[str | Path], selection_files: Sequence[str | Path],
                  score_files: Sequence[str | Path], *, methods: Sequence[str], sweep: Mapping | None = None,
-                 boot: Bootstrap = Bootstrap(), info_files: Sequence[str | Path] = ()) -> dict[str, pd.DataFrame]:
+                 boot: Bootstrap = Bootstrap(), info_files: Sequence[str | Path] = (),
+                 race_files: Sequence[str | Path] = ()) -> dict[str, pd.DataFrame]:
     """Every summary table, from the run files and the datasets' info.json; ``sweep`` is the config's
     sweep section."""
     runs = load_runs(metrics_files)
@@ -325,9 +346,13 @@ def build_tables(metrics_files: Sequence[str | Path], selection_files: Sequence[
             selections.setdefault(key, {"choices": {}, "dataset": key[0], "slm": key[1], "llm": key[2]})
             selections[key]["swept_layers"] = sweep_layer_set(sweep or {"layers": "all", "stride": 1}, int(depth))
     scores = read_scores(score_files, selections)
-    views = method_runs(runs, selections, methods)
+    races = read_races(race_files)
+    views = method_runs(runs, selections, methods, races)
     judged = sweep_judge(runs, selections, boot) if "pifi_sweep" in methods else {}
-    return {"summary": summary_table(views, boot), "comparisons": comparisons_table(views, boot),
+    costs = {(*key, "pifi_race"): race["cost_runs"] for key, race in races.items()}
+    costs |= {(*key, "pifi_oracle"): len(judge["validation"]) * views[(*key, "pifi_oracle")]["seed"].nunique()
+              for key, judge in judged.items() if (*key, "pifi_oracle") in views}
+    return {"summary": summary_table(views, boot, costs), "comparisons": comparisons_table(views, boot),
             "layers": layers_table(runs, selections, boot, judged),
             "selectors": selectors_table(runs, selections, scores, boot, judged=judged),
             "selector_scores": selector_scores_table(scores, selections),

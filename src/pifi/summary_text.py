@@ -306,17 +306,20 @@ def markdown_report(tables: Mapping[str, pd.DataFrame], *, confidence: float = 0
         lines += ["## Verdict", "", verdict_intro(confidence), "", *(f"- {line}" for line in found), ""]
     oracle = (" `pifi_oracle` is the swept layer with the best *validation* accuracy."
               if (tables["summary"]["method"] == "pifi_oracle").any() else "")
+    oracle += (" `pifi_race` is the layer successive halving over the swept layers found; runs = its training "
+               "cost in whole runs, next to the sweep's." if (tables["summary"]["method"] == "pifi_race").any() else "")
     lines += ["## Methods", "",
               f"Test-split metrics in %, mean ± std over seeds, with the {level} bootstrap interval of the accuracy "
               "(test rows and seeds resampled together). `pifi_last` plugs the LLM's last decoder layer (the paper's "
               f"default), `pifi_ilm` the layer chosen by the selector.{oracle}", "",
-              "| dataset | SLM | LLM | method | layer | seeds | accuracy | interval | macro-F1 | MCC | trainable | total |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| dataset | SLM | LLM | method | layer | seeds | accuracy | interval | macro-F1 | MCC | trainable | total "
+              "| runs |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in tables["summary"].itertuples():
         lines.append(f"| {r.dataset} | {r.slm} | {r.llm} | {r.method} | {r.llm_layer} | {r.n_seeds} | "
                      f"{_pct(r.accuracy_mean)} ± {_pct(r.accuracy_std)} | {_pct(r.accuracy_low)}–{_pct(r.accuracy_high)} | "
                      f"{_pct(r.macro_f1_mean)} ± {_pct(r.macro_f1_std)} | {_pct(r.mcc_mean)} ± {_pct(r.mcc_std)} | "
-                     f"{r.trainable_params:,} | {r.total_params:,} |")
+                     f"{r.trainable_params:,} | {r.total_params:,} | {r.training_runs:g} |")
     if len(tables["comparisons"]):
         lines += ["", "## Is the difference real?", "",
                   f"Paired bootstrap over the same test rows and seeds; a winner is named only where the {level} "

@@ -171,9 +171,12 @@ def _train_steps(steps: Iterable[tuple[dict[str, torch.Tensor], torch.Tensor]], 
 def train_classifier(
     model: nn.Module, train: TokenizedSplit, validation: TokenizedSplit, cfg: TrainingConfig,
     device: torch.device, *, resume: ResumeStore | None = None,
-    on_epoch: Callable[[dict], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None, stop_after_epoch: int | None = None,
 ) -> TrainingResult:
     """Train every parameter that requires grad; return the best-validation-accuracy state.
+
+    ``stop_after_epoch``: end after that epoch, its checkpoint saved in ``resume`` (a race's rung): the
+    run that resumes from it later is the uninterrupted run of ``cfg.epochs`` epochs.
 
     The sample order is the one a shuffling DataLoader with a generator seeded with ``cfg.seed``
     draws (``dataloader_order``), so runs see their rows in the same order as before buckets.
@@ -199,7 +202,8 @@ def train_classifier(
         log.info("resumed after epoch %d of %d (best so far: epoch %d)", saved.epoch, cfg.epochs, saved.best_epoch)
     started = time.perf_counter()
     try:
-        for epoch in range(first_epoch, cfg.epochs + 1):
+        last_epoch = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, stop_after_epoch)
+        for epoch in range(first_epoch, last_epoch + 1):
             step_model.train()  # the same modules as model's
             epoch_start = time.perf_counter()
             order = dataloader_order(len(train), shuffle)

@@ -10,7 +10,7 @@ from snakemake.utils import validate
 
 from pifi.artifacts import ArtifactError, read_json, verify_safetensors
 from pifi.config import (ConfigError, check_config_keys, check_data_limits, check_llm_limits, check_run_names,
-                         check_selection_limits, coerce_command_line_strings)
+                         check_selection_limits, coerce_command_line_strings, sweep_layer_set)
 from pifi import run_plan
 from pifi.provenance import code_fingerprint
 
@@ -32,6 +32,7 @@ RUN = config["run"]
 SELECTION = config["selection"]
 # The selector that drives pifi_ilm is always computed; the others are compared beside it.
 SELECTORS = list(dict.fromkeys([SELECTION["selector"], *SELECTION["selectors"]]))
+RACE = config["race"]
 PATCHING = "ilm_pc_patching"  # the seed's score: its own rule, the seed's file format
 PLUGIN_PROBE = "plugin_probe"  # the layer as PiFi uses it: CLS vectors and layer weights, its own rules
 
@@ -44,6 +45,7 @@ wildcard_constraints:
     selector="|".join(map(re.escape, SELECTORS)),
     layer=r"\d+",
     seed=r"\d+",
+    rung=r"[12]",
     run=r"[^/]+/[^/]+/(base|pifi/[^/]+/layer\d+)/seed\d+",
 
 
@@ -212,6 +214,55 @@ def chosen_layers(dataset, slm, llm):
     return chosen - planned_layers(llm)
 
 
+def race_candidates(llm):
+    """The race's layers: the sweep's layer set (sweep.layers, sweep.stride)."""
+    with stop_on(ConfigError):
+        return sweep_layer_set(config["sweep"], llm_depth(llm))
+
+
+def race_survivors(dataset, slm, llm, rung):
+    """The layers cut ``rung`` (1 or 2) kept, known once that race_cut checkpoint ran."""
+    path = checkpoints.race_cut.get(dataset=dataset, slm=slm, llm=llm, rung=str(rung)).output.cut
+    with stop_on(ArtifactError):
+        return read_json(path)["survivors"]
+
+
+def race_cut_inputs(wildcards):
+    """Cut 1 reads each candidate's first rung (the sweep's own history when there is a sweep), cut 2 the
+    survivors' whole runs on the race seed."""
+    d, s, l, seed = wildcards.dataset, wildcards.slm, wildcards.llm, run_plan.race_seed(RUN)
+    if wildcards.rung == "1":
+        if "pifi_sweep" in RUN["methods"]:
+            return {f"layer{layer}_seed{seed}": f"{run_plan.pifi_run_dir(d, s, l, layer, seed)}/history.json"
+                    for layer in race_candidates(l)}
+        return {f"layer{layer}_seed{seed}": f"results/race/{d}/{s}/{l}/first_rung/layer{layer}/seed{seed}.json"
+                for layer in race_candidates(l)}
+    return {f"layer{layer}_seed{seed}": f"{run_plan.pifi_run_dir(d, s, l, layer, seed)}/history.json"
+            for layer in race_survivors(d, s, l, 1)}
+
+
+def race_result_inputs(wildcards):
+    d, s, l = wildcards.dataset, wildcards.slm, wildcards.llm
+    return {"cut1": f"results/race/{d}/{s}/{l}/cut1.json",
+            **{f"layer{layer}_seed{seed}": f"{run_plan.pifi_run_dir(d, s, l, layer, seed)}/history.json"
+               for layer in race_survivors(d, s, l, 2) for seed in RUN["seeds"]}}
+
+
+def race_files(wildcards):
+    if "pifi_race" not in RUN["methods"]:
+        return []
+    return [f"results/race/{d}/{s}/{l}/race.json" for d in RUN["datasets"] for s in RUN["slms"] for l in RUN["llms"]]
+
+
+def race_run_dirs():
+    """The final rung's runs (what the summary's pifi_race row is drawn from), less those planned or chosen."""
+    if "pifi_race" not in RUN["methods"]:
+        return []
+    others = set(planned_run_dirs()) | set(chosen_run_dirs())
+    final = run_plan.race_run_dirs(RUN, lambda d, s, l, rung: race_survivors(d, s, l, 2) if rung == 2 else [])
+    return [run for run in final if run not in others]
+
+
 def base_run_dirs():
     return run_plan.base_run_dirs(RUN)
 
@@ -247,6 +298,10 @@ def chosen_pifi_metrics(wildcards):
     return [f"{d}/metrics.json" for d in chosen_run_dirs()]
 
 
+def race_pifi_metrics(wildcards):
+    return [f"{d}/metrics.json" for d in race_run_dirs()]
+
+
 # test predictions (the tables) and validation predictions (the layers tied with the oracle)
 PREDICTION_FILES = ("predictions.parquet", "validation_predictions.parquet")
 
@@ -261,6 +316,10 @@ def planned_pifi_predictions(wildcards):
 
 def chosen_pifi_predictions(wildcards):
     return [f"{d}/{name}" for d in chosen_run_dirs() for name in PREDICTION_FILES]
+
+
+def race_pifi_predictions(wildcards):
+    return [f"{d}/{name}" for d in race_run_dirs() for name in PREDICTION_FILES]
 
 
 def selection_files(wildcards):

@@ -126,6 +126,7 @@ checkpoint select_layer:
         "results/benchmarks/selection/{dataset}/{slm}/{llm}/selection.tsv"
     params:
         selector=SELECTION["selector"],
+        choice=SELECTION["choice"],
         code=code_version("select_layer.py"),
     conda:
         "../../envs/pifi.yaml"

@@ -6,6 +6,9 @@ rule summarize:
         base_predictions=base_predictions,
         planned_pifi_predictions=planned_pifi_predictions,
         chosen_pifi_predictions=chosen_pifi_predictions,
+        race_pifi_metrics=race_pifi_metrics,
+        race_pifi_predictions=race_pifi_predictions,
+        races=race_files,
         selections=selection_files,
         scores=all_scores_files,
         # the data checks (texts shared between splits) reach the verdicts

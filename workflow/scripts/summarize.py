@@ -14,9 +14,10 @@ from pifi.summary_text import markdown_report
 log = start_job(snakemake)
 p = snakemake.params
 boot = Bootstrap(**p.bootstrap)
-tables = build_tables([*snakemake.input.base_metrics, *snakemake.input.planned_pifi_metrics,
-                      *snakemake.input.chosen_pifi_metrics], snakemake.input.selections, snakemake.input.scores,
-                      methods=p.methods, sweep=p.sweep, boot=boot, info_files=snakemake.input.infos)
+metrics = dict.fromkeys([*snakemake.input.base_metrics, *snakemake.input.planned_pifi_metrics,
+                         *snakemake.input.chosen_pifi_metrics, *snakemake.input.race_pifi_metrics])  # each run once
+tables = build_tables(list(metrics), snakemake.input.selections, snakemake.input.scores, methods=p.methods,
+                      sweep=p.sweep, boot=boot, info_files=snakemake.input.infos, race_files=snakemake.input.races)
 for name, table in tables.items():
     text = table.to_csv(index=False)
     write_text(snakemake.output[name], text)

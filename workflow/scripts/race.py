@@ -1,0 +1,36 @@
+"""A cut of the race (keep the best 1/eta of a rung's layers) or its result (the final rung's best layer)."""
+
+import re
+
+from pifi.artifacts import read_json, write_json
+from pifi.job import console_line, start_job
+from pifi.race import RaceSettings, cut, histories_from_files, race_cost, rung_scores, winner
+
+log = start_job(snakemake)
+wc, p = snakemake.wildcards, snakemake.params
+settings = RaceSettings(**p.race)
+# Inputs named layer{L}_seed{S}: a run's history (or the first rung's epochs), as the rung sees it.
+runs = {name: re.fullmatch(r"layer(\d+)_seed(\d+)", name) for name in snakemake.input.keys()}
+histories = histories_from_files({(int(match[1]), int(match[2])): snakemake.input[name]
+                                  for name, match in runs.items() if match})
+where = f"{wc.dataset}/{wc.slm} + {wc.llm}"
+if "rung" in wc.keys():
+    rung = int(wc.rung)
+    upto = settings.first_epochs if rung == 1 else p.epochs  # the first rung's epochs, then the whole recipe
+    scores = rung_scores(histories, upto)
+    kept = cut(scores, settings)
+    write_json(snakemake.output.cut, {"rung": rung, "epochs": upto, "scores": {str(k): v for k, v in scores.items()},
+                                      "survivors": list(kept)})
+    console_line(f"PiFi: race {where}, cut {rung}: layers {', '.join(map(str, kept))} of {len(scores)} go on")
+else:
+    scores = rung_scores(histories, p.epochs)
+    layer = winner(scores)
+    first = read_json(snakemake.input.cut1)
+    cost, sweep = race_cost(len(first["scores"]), len(p.seeds), p.epochs, settings)
+    write_json(snakemake.output.race, {"dataset": wc.dataset, "slm": wc.slm, "llm": wc.llm, "layer": layer,
+                                       "scores": {str(k): v for k, v in scores.items()},
+                                       "candidates": sorted(int(k) for k in first["scores"]),
+                                       "cost_runs": cost / p.epochs, "sweep_runs": sweep / p.epochs,
+                                       "cost_fraction": cost / sweep, "eta": settings.eta,
+                                       "first_epochs": settings.first_epochs})
+    console_line(f"PiFi: race {where}: layer {layer} wins, at {cost / sweep:.0%} of the sweep's training")
