@@ -304,12 +304,17 @@ def data_checks_table(info_files: Iterable[str | Path]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=DATA_CHECK_COLUMNS).sort_values("dataset").reset_index(drop=True)
 
 
-def read_selections(paths: Iterable[str | Path]) -> dict[tuple[str, str, str], dict]:
-    selections = {}
+def read_by_group(paths: Iterable[str | Path]) -> dict[tuple[str, str, str], dict]:
+    """{(dataset, slm, llm): the file}, for files that name their group (selection.json, race.json)."""
+    by_group = {}
     for path in paths:
-        s = read_json(path)
-        selections[(s["dataset"], s["slm"], s["llm"])] = s
-    return selections
+        record = read_json(path)
+        by_group[(record["dataset"], record["slm"], record["llm"])] = record
+    return by_group
+
+
+read_selections = read_by_group  # every selector's choice per group
+read_races = read_by_group  # the race's layer and its cost in run-equivalents per group
 
 
 def read_scores(paths: Iterable[str | Path], selections: Mapping[tuple, Mapping]) -> dict[tuple, dict]:
@@ -321,15 +326,6 @@ def read_scores(paths: Iterable[str | Path], selections: Mapping[tuple, Mapping]
             if report["dataset"] == dataset and report["llm_type"] == llm and report.get("slm_type", slm) == slm:
                 by_key[(dataset, slm, llm, report["selector"])] = report
     return by_key
-
-
-def read_races(paths: Iterable[str | Path]) -> dict[tuple[str, str, str], dict]:
-    """{(dataset, slm, llm): race.json}: the race's layer and its cost in run-equivalents."""
-    races = {}
-    for path in paths:
-        race = read_json(path)
-        races[(race["dataset"], race["slm"], race["llm"])] = race
-    return races
 
 
 def build_tables(metrics_files: Sequence[str | Path], selection_files: Sequence[str | Path],
