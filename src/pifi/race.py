@@ -18,7 +18,7 @@ Training keeps its best validation epoch and has no learning-rate schedule, so a
 epochs is exactly what a rung at e sees: its score is max(acc[:e]) of the run's ``history.json``.
 Optuna's SuccessiveHalvingPruner is not used: optuna is not a dependency, and its pruner decides
 per trial with asynchronous rungs (ASHA), so it cannot replay a finished sweep deterministically;
-the bookkeeping here is ~100 lines.
+the bookkeeping here is short.
 """
 
 from __future__ import annotations

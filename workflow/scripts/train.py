@@ -66,11 +66,10 @@ if stop_after is not None:
                             stop_after_epoch=int(stop_after))
     release_device(device)
     resume.wait()
-    write_json(out.rung, {"layer": layer, "seed": seed, "epochs": rung.history,
-                          "best_validation_accuracy": max(r["validation_accuracy"] for r in rung.history)})
-    console_line(f"PiFi: race, first rung: {what}: validation accuracy "
-                 f"{100 * max(r['validation_accuracy'] for r in rung.history):.1f}% after {len(rung.history)} of "
-                 f"{cfg.epochs} epochs")
+    best_so_far = max(r["validation_accuracy"] for r in rung.history)
+    write_json(out.rung, {"layer": layer, "seed": seed, "epochs": rung.history, "best_validation_accuracy": best_so_far})
+    console_line(f"PiFi: race, first rung: {what}: validation accuracy {100 * best_so_far:.1f}% after "
+                 f"{len(rung.history)} of {cfg.epochs} epochs")
 else:  # a whole run
     training_started_at = time.time()
     # Test predictions of the best epoch, in the test rows' order, from this process: evaluation needs
