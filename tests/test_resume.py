@@ -130,6 +130,19 @@ def test_a_race_rung_continued_from_its_checkpoint_equals_the_uninterrupted_run(
     assert_same_run(continued, unbroken)
 
 
+def test_a_first_rung_as_long_as_the_recipe_leaves_a_continuation_with_nothing_to_train(setup, unbroken, tmp_path):
+    """race.first_epochs >= training.epochs: the rung trains the whole recipe and saves that last epoch too,
+    so the surviving layer's run only restores it (no epoch trained twice) and equals the unbroken run."""
+    initial, train, validation = setup
+    rung = train_classifier(copy.deepcopy(initial), train, validation, CFG, CPU,
+                            resume=ResumeStore(tmp_path / "resume", fingerprint("run", 1)), stop_after_epoch=EPOCHS)
+    assert rung.history == unbroken[0].history
+    seen = []
+    continued = run(setup, resume=ResumeStore(tmp_path / "resume", fingerprint("run", 1)), on_epoch=seen.append)
+    assert continued[0].resumed_from_epoch == EPOCHS and seen == [] and continued[0].steps == 0
+    assert_same_run(continued, unbroken)
+
+
 def test_the_last_epoch_is_not_checkpointed_and_clear_removes_the_store(setup, unbroken, tmp_path):
     store = ResumeStore(tmp_path / "resume", "fp")
     assert_same_run(run(setup, resume=store), unbroken)  # saving checkpoints does not change the run

@@ -492,7 +492,7 @@ def test_pifi_race_halves_the_layers_and_its_continued_run_equals_an_uninterrupt
     run = workdir / f"results/runs/sentiment/tiny_bert/pifi/tiny_llama/layer{layer}/seed1"
     assert json.loads((run / "timings.json").read_text())["resumed_after_epoch"] == 1
     assert not (run / "resume").exists()  # cleared once the run's outputs were written
-    assert not list(workdir.glob("results/runs/*/*/pifi/*/layer*/seed2/resume"))
+    assert not list(workdir.glob("results/runs/**/resume"))  # the dropped first rungs' checkpoints too
     trained = sorted(str(p.relative_to(workdir)) for p in workdir.glob("results/runs/**/model.safetensors"))
     assert trained == [f"results/runs/sentiment/tiny_bert/pifi/tiny_llama/layer{layer}/seed{s}/model.safetensors"
                        for s in (1, 2)]
@@ -508,6 +508,25 @@ def test_pifi_race_halves_the_layers_and_its_continued_run_equals_an_uninterrupt
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((run / "timings.json").read_text())["resumed_after_epoch"] == 0  # from scratch this time
     assert {name: (run / name).read_bytes() for name in continued} == continued
+
+
+def test_pifi_race_beside_pifi_last_reads_the_last_layers_run_instead_of_a_first_rung(tmp_path):
+    """The last layer is trained whole for pifi_last: the race reads that run's history for it, so no first
+    rung shares its run directory's epoch checkpoints; the first rungs the cut drops leave nothing behind."""
+    workflow, workdir, config = small_project(tmp_path, datasets=["sentiment"], seeds=[1],
+                                              methods=["pifi_last", "pifi_race"])
+    settings = yaml.safe_load(config.read_text())
+    settings["sweep"] = {"layers": "all"}
+    config.write_text(yaml.safe_dump(settings, sort_keys=False))
+    result = snakemake(workflow, workdir, "--configfile", str(config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    race_dir = workdir / "results/race/sentiment/tiny_bert/tiny_llama"
+    assert sorted(p.parent.name for p in race_dir.glob("first_rung/layer*/seed1.json")) == ["layer0", "layer1"]
+    assert sorted(json.loads((race_dir / "cut1.json").read_text())["scores"]) == ["0", "1", "2"]
+    assert not list(workdir.glob("results/runs/**/resume"))
+    survivors = json.loads((race_dir / "cut1.json").read_text())["survivors"]
+    runs = workdir / "results/runs/sentiment/tiny_bert/pifi/tiny_llama"
+    assert sorted(p.name for p in runs.iterdir()) == sorted({"layer2", *(f"layer{l}" for l in survivors)})
 
 
 def test_identical_runs_write_identical_artifacts(tmp_path):

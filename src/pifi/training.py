@@ -224,7 +224,9 @@ def train_classifier(
                 best_accuracy = metrics["accuracy"]
                 result.best_epoch = epoch
                 result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.trainable_state_dict().items()}
-            if resume is not None and epoch < cfg.epochs:
+            # Every epoch but a whole run's last is saved; a rung's last too, even when it is the recipe's
+            # (race.first_epochs >= epochs): the run that continues it then only restores its best state.
+            if resume is not None and (epoch < cfg.epochs or epoch == stop_after_epoch):
                 resume.save(EpochState(epoch=epoch, history=result.history, best_epoch=result.best_epoch,
                                        best_accuracy=best_accuracy, best_state=result.best_state),
                             model, optimizer, shuffle, device)

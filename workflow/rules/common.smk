@@ -228,14 +228,15 @@ def race_survivors(dataset, slm, llm, rung):
 
 
 def race_cut_inputs(wildcards):
-    """Cut 1 reads each candidate's first rung (the sweep's own history when there is a sweep), cut 2 the
-    survivors' whole runs on the race seed."""
+    """Cut 1 reads each candidate's first rung, or the run's own history where the layer is trained whole
+    anyway (swept, the last, a selector's): a layer's first rung and its whole run would share the run
+    directory's epoch checkpoints. Cut 2 reads the survivors' whole runs on the race seed."""
     d, s, l, seed = wildcards.dataset, wildcards.slm, wildcards.llm, run_plan.race_seed(RUN)
     if wildcards.rung == "1":
-        if "pifi_sweep" in RUN["methods"]:
-            return {f"layer{layer}_seed{seed}": f"{run_plan.pifi_run_dir(d, s, l, layer, seed)}/history.json"
-                    for layer in race_candidates(l)}
-        return {f"layer{layer}_seed{seed}": f"results/race/{d}/{s}/{l}/first_rung/layer{layer}/seed{seed}.json"
+        whole = planned_layers(l) | chosen_layers(d, s, l)
+        return {(f"layer{layer}_seed{seed}" if layer in whole else f"first_rung_layer{layer}_seed{seed}"):
+                (f"{run_plan.pifi_run_dir(d, s, l, layer, seed)}/history.json" if layer in whole else
+                 f"results/race/{d}/{s}/{l}/first_rung/layer{layer}/seed{seed}.json")
                 for layer in race_candidates(l)}
     return {f"layer{layer}_seed{seed}": f"{run_plan.pifi_run_dir(d, s, l, layer, seed)}/history.json"
             for layer in race_survivors(d, s, l, 1)}
