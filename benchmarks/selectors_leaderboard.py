@@ -229,13 +229,15 @@ def main() -> None:
     parser.add_argument("project", type=Path, help="the finished leaderboard project (snakemake --directory)")
     parser.add_argument("--out", type=Path, default=RESULTS / "selectors_leaderboard.json")
     parser.add_argument("--load", default="quiet", help="what else ran on the machine meanwhile (recorded)")
-    parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (the summary's default)")
     args = parser.parse_args()
     results = args.project / "results"
-    boot = Bootstrap(n_resamples=args.resamples)
+    # Judged on what the summary was computed from (its runs, selections and bootstrap), not on whatever
+    # else the directory holds: paths in runs.json are relative to the project.
+    used = read_json(results / "summary" / "runs.json")
+    boot = Bootstrap(**used["statistics"])
     layers = read_parquet(results / "summary" / "layers.parquet")
-    runs = load_runs(sorted(results.glob("runs/*/*/pifi/*/layer*/seed*/metrics.json")))
-    selections = read_selections(sorted(results.glob("selection/*/*/*/selection.json")))
+    runs = load_runs([args.project / path for path in used["metrics"] if "/pifi/" in path])
+    selections = read_selections([args.project / path for path in used["selections"]])
     for key in selections:  # the swept layers, as the summary recorded them
         mine = layers[(layers["dataset"] == key[0]) & (layers["slm"] == key[1]) & (layers["llm"] == key[2])]
         selections[key]["swept_layers"] = sorted(int(layer) for layer in mine.loc[mine["swept"], "layer"])

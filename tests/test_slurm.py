@@ -174,7 +174,13 @@ def test_tiny_pipeline_through_slurm_profile(slurm_cluster: SlurmCluster, tmp_pa
 
     root = tmp_path / "project"
     root.mkdir()
-    config = write_tiny_project(root, seeds=(1,), datasets=("topics",))  # every rule, fewest jobs
+    config = write_tiny_project(root, seeds=(1,), datasets=("topics",))
+    # Every rule, fewest jobs: the race without the sweep trains its own first rungs (with pifi_sweep it
+    # would read the sweep's runs instead).
+    settings = yaml.safe_load(config.read_text())
+    settings["run"]["methods"] = ["base", "pifi_last", "pifi_ilm", "pifi_race"]
+    settings["sweep"] = {"layers": "all"}
+    config.write_text(yaml.safe_dump(settings, sort_keys=False))
     env = snakemake_env(slurm_cluster)
     base = ["--snakefile", snakefile, "--directory", root, "--configfile", config]
 

@@ -27,7 +27,7 @@ import pytest
 from pifi.artifacts import read_json, write_json, write_parquet
 from pifi.choice import scores_report, selection_record
 from pifi.evaluation import classification_metrics, predictions_frame
-from pifi.summary import Bootstrap, build_tables, correctness, load_runs, method_runs
+from pifi.summary import Bootstrap, build_tables, correctness, load_runs, method_runs, sweep_judge
 from pifi.summary_text import STABLE_WIN_RATE, difference_text, markdown_report, win_rate_cell
 
 DATASET, SLM, LLM = "sst2", "tiny_bert", "tiny_qwen"
@@ -169,7 +169,7 @@ def test_method_runs_views_are_the_layers_runs(project):
     files, _ = project
     runs = load_runs(files["metrics"])
     selections = {(DATASET, SLM, LLM): {**read_json(files["selections"][0]), "swept_layers": [0, 2, 5]}}
-    views = method_runs(runs, selections, ALL_METHODS)
+    views = method_runs(runs, selections, ALL_METHODS, judged=sweep_judge(runs, selections, Bootstrap(n_resamples=200)))
     assert sorted(views) == sorted((DATASET, SLM, LLM, m) for m in ("base", "pifi_last", "pifi_ilm", "pifi_oracle"))
     assert sorted(views[(DATASET, SLM, LLM, "pifi_oracle")]["llm_layer"]) == [2, 2, 2]
     assert sorted(views[(DATASET, SLM, LLM, "base")]["seed"]) == [1, 2, 3]
@@ -467,6 +467,19 @@ def test_markdown_verdict_says_which_layer_and_whether_it_is_real(project):
                 "layer.")
     assert expected in report.splitlines()
     assert report.index("## Verdict") < report.index("## Methods")
+
+
+@pytest.mark.parametrize("tied, tied_layers, words", [
+    (False, "2", "Tied with the best on validation: layer 2; the chosen layer is not."),
+    (True, "0 2", "Tied with the best on validation: layers 0 and 2; the chosen layer is one of them."),
+    # a tied chosen layer missing from the (swept) tied set was trained beside the sweep: not "one of them"
+    (True, "2", "Tied with the best on validation: layer 2; the chosen layer 0, outside the sweep, is not worse "
+                "than the best either."),
+])
+def test_the_verdict_places_the_chosen_layer_against_the_tied_set(project, tied, tied_layers, words):
+    report = markdown_report(_with(project[1], "ilm_pc_patching", tied=tied, tied_layers=tied_layers))
+    verdict = next(line for line in report.splitlines() if line.startswith(f"- **{DATASET}**"))
+    assert words in verdict
 
 
 def test_markdown_verdict_without_sweep_has_no_regret(no_sweep_tables):

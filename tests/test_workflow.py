@@ -568,6 +568,9 @@ def test_plugin_probe_trains_on_the_selection_rows_and_feeds_the_leaderboard(pro
         assert tensors["features"].shape == (len(samples), 32) and tensors["labels"].tolist() == samples["label"].tolist()
         report = read_json(workdir / f"results/selection/{dataset}/tiny_bert/tiny_llama/scores/plugin_probe.json")
         assert len(report["scores"]) == LLM_LAYERS and all(0 <= s <= 1 for s in report["scores"])
+    used = read_json(workdir / "results/summary/runs.json")  # what the leaderboard judges: the summary's runs
+    assert sorted(used["metrics"]) == sorted(str(p.relative_to(workdir)) for p in workdir.glob("results/runs/**/metrics.json"))
+    assert used["statistics"]["n_resamples"] == cfg["statistics"]["n_resamples"]
     out = tmp_path / "leaderboard.json"
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "selectors_leaderboard.py"), str(workdir),
                              "--out", str(out)], capture_output=True, text=True, timeout=600)

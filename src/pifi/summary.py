@@ -72,9 +72,11 @@ def correctness(runs: pd.DataFrame, split: str = "test") -> np.ndarray:
 
 def method_runs(runs: pd.DataFrame, selections: Mapping[tuple[str, str, str], Mapping], methods: Sequence[str],
                 races: Mapping[tuple[str, str, str], Mapping] | None = None,
+                judged: Mapping[tuple[str, str, str], Mapping] | None = None,
                 ) -> dict[tuple[str, str, str, str], pd.DataFrame]:
-    """{(dataset, slm, llm, method): its runs}: each method is a view of base or of one PiFi layer."""
-    races = races or {}
+    """{(dataset, slm, llm, method): its runs}: each method is a view of base or of one PiFi layer;
+    pifi_oracle's layer is the oracle of ``judged`` (``sweep_judge``)."""
+    races, judged = races or {}, judged or {}
     views = {}
     pifi = runs[runs["method"] == "pifi"]
     for (dataset, slm, llm), group in pifi.groupby(GROUP, sort=True):
@@ -88,8 +90,8 @@ def method_runs(runs: pd.DataFrame, selections: Mapping[tuple[str, str, str], Ma
             layer_of["pifi_ilm"] = int(selections[(dataset, slm, llm)]["layer"])
         if "pifi_race" in methods:
             layer_of["pifi_race"] = int(races[(dataset, slm, llm)]["layer"])
-        if "pifi_sweep" in methods:
-            layer_of["pifi_oracle"] = oracle_layer(swept_validation(group, selections.get((dataset, slm, llm))))
+        if "pifi_sweep" in methods and (dataset, slm, llm) in judged:
+            layer_of["pifi_oracle"] = judged[(dataset, slm, llm)]["oracle"]
         for method, layer in layer_of.items():
             views[(dataset, slm, llm, method)] = group[group["llm_layer"] == layer]
     for (dataset, slm), base in runs[runs["method"] == "base"].groupby(["dataset", "slm"], sort=True):
@@ -343,8 +345,8 @@ def build_tables(metrics_files: Sequence[str | Path], selection_files: Sequence[
             selections[key]["swept_layers"] = sweep_layer_set(sweep or {"layers": "all", "stride": 1}, int(depth))
     scores = read_scores(score_files, selections)
     races = read_races(race_files)
-    views = method_runs(runs, selections, methods, races)
     judged = sweep_judge(runs, selections, boot) if "pifi_sweep" in methods else {}
+    views = method_runs(runs, selections, methods, races, judged)
     costs = {(*key, "pifi_race"): race["cost_runs"] for key, race in races.items()}
     costs |= {(*key, "pifi_oracle"): len(judge["validation"]) * views[(*key, "pifi_oracle")]["seed"].nunique()
               for key, judge in judged.items() if (*key, "pifi_oracle") in views}

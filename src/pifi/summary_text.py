@@ -267,8 +267,12 @@ def _tied_words(driver: Mapping) -> str:
     layers = str(driver["tied_layers"]).split()
     if is_missing(driver.get("tied")):
         verdict = ""
-    else:
-        verdict = "; the chosen layer is one of them" if bool(driver["tied"]) else "; the chosen layer is not"
+    elif not bool(driver["tied"]):
+        verdict = "; the chosen layer is not"
+    elif str(int(driver["layer"])) in layers:
+        verdict = "; the chosen layer is one of them"
+    else:  # trained beside the sweep (a selector's layer outside it): judged against the oracle all the same
+        verdict = f"; the chosen layer {int(driver['layer'])}, outside the sweep, is not worse than the best either"
     return f" Tied with the best on validation: layer{'s' if len(layers) > 1 else ''} {words(layers)}{verdict}."
 
 

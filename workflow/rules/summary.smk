@@ -21,6 +21,8 @@ rule summarize:
         markdown="results/summary/summary.md",
         # The HTML report's first page (Snakefile `report:`): verdicts and a description of what ran.
         page="results/summary/report.rst",
+        # the runs, selections and statistics the tables were computed from
+        runs="results/summary/runs.json",
     log:
         "results/logs/summary.log",
     params:
