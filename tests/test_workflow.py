@@ -280,14 +280,14 @@ def test_rerun_redoes_only_what_is_stale(project):
     top1 = workdir / "top_pc.yaml"
     top1.write_text("selection:\n  top_pc: 1\n")
     result = snakemake(workflow, workdir, "--configfile", str(config), str(top1), "--dry-run")
-    assert scheduled_jobs(result.stdout) == {"layer_effects": 2, "select_layer": 2, "summarize": 1, "plot": 2,
-                                              "plot_selectors": 1, "all": 1}
+    assert scheduled_jobs(result.stdout) == {"layer_effects": 2, "select_layer": 2, "summarize_group": 2,
+                                              "summarize": 1, "plot": 2, "plot_selectors": 1, "all": 1}
 
     # Editing library code re-runs exactly the rules that use it (and what reads their outputs).
     summary_module = workflow / "src/pifi/summary.py"
     summary_module.write_text(summary_module.read_text() + "\n# an edit\n")
-    assert scheduled_jobs(snakemake(workflow, workdir, *base).stdout) == {"summarize": 1, "plot": 2,
-                                                                       "plot_selectors": 1, "all": 1}
+    assert scheduled_jobs(snakemake(workflow, workdir, *base).stdout) == {"summarize_group": 2, "summarize": 1,
+                                                                       "plot": 2, "plot_selectors": 1, "all": 1}
     summary_module.write_text(summary_module.read_text().removesuffix("\n# an edit\n"))
 
 
@@ -299,7 +299,7 @@ def test_changing_the_selector_retrains_nothing_already_trained(project):
     result = snakemake(workflow, workdir, "--configfile", str(config), str(override))
     assert result.returncode == 0, result.stderr[-3000:]
     ran = {rule for rule, _ in executed(result.stderr)}
-    assert ran <= {"select_layer", "summarize", "plot", "plot_selectors", "all"}, ran
+    assert ran <= {"select_layer", "summarize_group", "summarize", "plot", "plot_selectors", "all"}, ran
     assert "select_layer" in ran
     assert {p: p.stat().st_mtime_ns for p in before} == before  # no run was retrained
     table = pd.read_csv(workdir / "results/summary/summary.csv")
@@ -392,9 +392,9 @@ def test_a_changed_json_artifact_stops_the_run_naming_it_before_any_table(projec
     try:
         metrics.write_text(metrics.read_text().replace('"accuracy": 0.', '"accuracy": 1.', 1))
         os.utime(metrics, ns=(originals[metrics][1].st_atime_ns, originals[metrics][1].st_mtime_ns))
-        result = snakemake(workflow, workdir, "--configfile", str(config), "--forcerun", "summarize")
+        result = snakemake(workflow, workdir, "--configfile", str(config), "--forcerun", "summarize_group")
         assert result.returncode != 0
-        line = next(l for l in result.stderr.splitlines() if l.startswith("PiFi error in summarize"))
+        line = next(l for l in result.stderr.splitlines() if l.startswith("PiFi error in summarize_group[dataset=topics"))
         assert f"ArtifactError: {metrics.relative_to(workdir)}: its checksum does not match" in line
         for old in backup.rglob("*"):  # no table or figure was written (Snakemake may have removed some)
             new = summary / old.relative_to(backup)
@@ -617,47 +617,70 @@ def small_project(tmp_path: Path, **run) -> tuple[Path, Path, Path]:
     return workflow, workdir, config
 
 
-def test_a_finished_project_plans_and_runs_what_an_override_adds(tmp_path):
-    """Adding a dataset and a seed to a finished project re-plans the summary and with it the new
-    chain; a bad path in the addition is reported as in a fresh directory, with its absolute path."""
-    workflow, workdir, config = small_project(tmp_path, datasets=["sentiment"], seeds=[1],
-                                              methods=["base", "pifi_last"])
+def _methods_of(path: Path) -> list[str]:
+    return yaml.safe_load(path.read_text())["run"]["methods"]
+
+
+# The method sets users run: the demo's, the real experiment's (config.yaml) and the plain two.
+GROWN_METHOD_SETS = {"demo": _methods_of(REPO / "configs" / "demo.yaml"), "default": _methods_of(REPO / "config.yaml"),
+                     "base+last": ["base", "pifi_last"]}
+
+
+@pytest.mark.parametrize("methods", GROWN_METHOD_SETS.values(), ids=GROWN_METHOD_SETS.keys())
+def test_a_finished_project_grows_by_a_dataset_and_by_a_seed(methods, tmp_path):
+    """A finished project, then an override that adds a dataset, then one that adds a seed: each plans the
+    new chain as anything missing is planned (one new summary group, the cheap merge, nothing finished
+    again), and runs it; a bad added dataset gets its own error from its own data, never the figures'."""
+    workflow, workdir, config = small_project(tmp_path, datasets=["sentiment"], seeds=[1], methods=methods)
     first = snakemake(workflow, workdir, "--configfile", str(config))
     assert first.returncode == 0, first.stderr[-3000:]
     assert first.stderr.count("grows as checkpoints") == 1  # said once, up front
     assert "PiFi: trained sentiment/tiny_bert base seed 1: validation accuracy" in first.stderr
-    assert re.search(r"training runs \d of (at least )?2 done", first.stderr)
+    finished = {path: path.stat().st_mtime_ns for path in workdir.glob("results/runs/**/*.safetensors")}
+    assert finished
 
-    missing = workdir / "missing.yaml"
-    missing.write_text("run:\n  datasets: [sentiment, mine]\ndatasets:\n  mine: {source: local, path: ../no/such}\n")
-    bad = snakemake(workflow, workdir, "--configfile", str(config), str(missing))
-    assert bad.returncode != 0
-    line = next(l for l in bad.stderr.splitlines() if l.startswith("PiFi error in prepare_data[dataset=mine]"))
-    # Relative to the repository root (here the workflow's copy), not to --directory.
-    assert f"local directory {(workflow.parent / 'no' / 'such').resolve()} does not exist" in line
-    assert "NaN" not in bad.stderr
+    mine = tmp_path / "mine"  # a valid directory of a badly copied dataset
+    mine.mkdir()
+    (mine / "train.jsonl").write_text('{"text": "good film", "label": 1}\n{"text": "dull", "label": "positive"}\n')
+    (mine / "test.jsonl").write_text('{"text": "fine", "label": 0}\n')
+    bad = workdir / "bad.yaml"
+    bad.write_text(f"run:\n  datasets: [sentiment, mine]\ndatasets:\n  mine: {{source: local, path: {mine}}}\n")
+    failed = snakemake(workflow, workdir, "--configfile", str(config), str(bad))
+    assert failed.returncode != 0
+    line = next(l for l in failed.stderr.splitlines() if l.startswith("PiFi error in prepare_data[dataset=mine]"))
+    assert "labels must be integers" in line and "'positive'" in line
+    assert "NaN" not in failed.stderr and "PiFi error in plot" not in failed.stderr
 
     grow = workdir / "grow.yaml"
-    grow.write_text("run:\n  datasets: [sentiment, topics]\n  seeds: [1, 2]\n")
+    grow.write_text("run:\n  datasets: [sentiment, topics]\n")
     dry = snakemake(workflow, workdir, "--configfile", str(config), str(grow), "--dry-run")
     assert dry.returncode == 0, dry.stderr[-3000:]
     jobs = scheduled_jobs(dry.stdout)
-    # The new chain: topics' data (tokens join once that checkpoint ran) and the three new
-    # (dataset, seed) pairs' runs, nothing of sentiment's seed 1.
-    assert (jobs.get("prepare_data"), jobs.get("summarize")) == (1, 1), jobs
-    assert (jobs.get("train_base"), jobs.get("train_pifi")) == (3, 3), jobs
-
-    kept = {path: path.stat().st_mtime_ns for path in workdir.glob("results/runs/sentiment/*/*/**/seed1/*.safetensors")}
-    assert len(kept) == 2  # base and pifi_last
-    run = snakemake(workflow, workdir, "--configfile", str(config), str(grow))
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert {path: path.stat().st_mtime_ns for path in kept} == kept  # nothing finished was redone
-    assert len(list(workdir.glob("results/runs/*/*/**/seed*/model.safetensors"))) == 8
-    assert sorted(rule for rule, _ in executed(run.stderr) if rule in ("prepare_data", "tokenize")) == \
-        ["prepare_data", "tokenize"]
-    assert "training runs 8 of 8 done" in run.stderr
+    assert (jobs.get("prepare_data"), jobs.get("summarize_group"), jobs.get("summarize")) == (1, 1, 1), jobs
+    assert jobs.get("train_base") == 1, jobs  # topics' base run; its PiFi runs follow its checkpoints
+    grown = snakemake(workflow, workdir, "--configfile", str(config), str(grow))
+    assert grown.returncode == 0, grown.stderr[-3000:]
+    assert {path: path.stat().st_mtime_ns for path in finished} == finished  # nothing finished was redone
+    assert "summarize_group" in {rule for rule, _ in executed(grown.stderr)}
     summary = pd.read_csv(workdir / "results/summary/summary.csv")
-    assert sorted(set(summary["dataset"])) == ["sentiment", "topics"] and set(summary["n_seeds"]) == {2}
+    assert sorted(set(summary["dataset"])) == ["sentiment", "topics"]
+    assert set(summary["method"]) == set(methods) - {"pifi_sweep"} | ({"pifi_oracle"} if "pifi_sweep" in methods else set())
+    figures = {path.name for path in (workdir / "results/summary/figures").glob("topics.*.svg")}
+    assert figures == {"topics.tiny_bert.tiny_llama.layers.svg", "topics.tiny_bert.tiny_llama.methods.svg"}
+
+    seeded = workdir / "seeded.yaml"
+    seeded.write_text("run:\n  datasets: [sentiment, topics]\n  seeds: [1, 2]\n")
+    dry = snakemake(workflow, workdir, "--configfile", str(config), str(seeded), "--dry-run")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    jobs = scheduled_jobs(dry.stdout)
+    assert (jobs.get("prepare_data"), jobs.get("summarize_group"), jobs.get("summarize")) == (None, 2, 1), jobs
+    assert jobs.get("train_base") == 2, jobs  # seed 2 of each dataset
+    finished = {path: path.stat().st_mtime_ns for path in workdir.glob("results/runs/**/*.safetensors")}
+    again = snakemake(workflow, workdir, "--configfile", str(config), str(seeded))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {path: path.stat().st_mtime_ns for path in finished} == finished
+    summary = pd.read_csv(workdir / "results/summary/summary.csv")
+    assert set(summary["n_seeds"]) == {2} and sorted(set(summary["dataset"])) == ["sentiment", "topics"]
 
 
 def test_a_signal_to_snakemake_stops_training_and_the_same_command_resumes_it(tmp_path):

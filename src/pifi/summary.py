@@ -330,6 +330,17 @@ def read_scores(paths: Iterable[str | Path], selections: Mapping[tuple, Mapping]
     return by_key
 
 
+def merge_group_tables(tables: Mapping[tuple[tuple[str, ...], str], pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """{((dataset, slm, llm), table name): that group's table} -> {table name: every group's rows}, groups in
+    sorted order, as ``build_tables`` over all of them at once orders its rows."""
+    merged = {}
+    for name in dict.fromkeys(name for _, name in tables):
+        frames = [tables[key] for key in sorted(key for key in tables if key[1] == name)]
+        rows = [frame for frame in frames if len(frame)] or frames[:1]  # empty frames would only blur dtypes
+        merged[name] = pd.concat(rows, ignore_index=True)
+    return merged
+
+
 def build_tables(metrics_files: Sequence[str | Path], selection_files: Sequence[str | Path],
                  score_files: Sequence[str | Path], *, methods: Sequence[str], sweep: Mapping | None = None,
                  boot: Bootstrap = Bootstrap(), info_files: Sequence[str | Path] = (),

@@ -249,91 +249,78 @@ def race_result_inputs(wildcards):
                for layer in race_survivors(d, s, l, 2) for seed in RUN["seeds"]}}
 
 
-def race_files(wildcards):
-    if "pifi_race" not in RUN["methods"]:
-        return []
-    return [f"results/race/{d}/{s}/{l}/race.json" for d in RUN["datasets"] for s in RUN["slms"] for l in RUN["llms"]]
+def group_run(wildcards):
+    """The run matrix narrowed to one (dataset, SLM, LLM) group: what its summary reads."""
+    return {**RUN, "datasets": [wildcards.dataset], "slms": [wildcards.slm], "llms": [wildcards.llm]}
 
 
-def race_run_dirs():
+def summary_groups():
+    """The (dataset, SLM, LLM) groups the summary is made of. Without a PiFi method no LLM is involved and the
+    base runs of a (dataset, SLM) form one group (named by the first LLM), not one copy per LLM."""
+    llms = RUN["llms"] if set(RUN["methods"]) - {"base"} else RUN["llms"][:1]
+    return [(d, s, l) for d in RUN["datasets"] for s in RUN["slms"] for l in llms]
+
+
+def race_run_dirs(run):
     """The final rung's runs (what the summary's pifi_race row is drawn from), less those planned or chosen."""
-    if "pifi_race" not in RUN["methods"]:
+    if "pifi_race" not in run["methods"]:
         return []
-    others = set(planned_run_dirs()) | set(chosen_run_dirs())
-    final = run_plan.race_run_dirs(RUN, lambda d, s, l, rung: race_survivors(d, s, l, 2) if rung == 2 else [])
-    return [run for run in final if run not in others]
-
-
-def base_run_dirs():
-    return run_plan.base_run_dirs(RUN)
-
-
-def pifi_run_dirs(layers_of):
-    return run_plan.pifi_run_dirs(RUN, layers_of)
+    others = set(planned_run_dirs(run)) | set(chosen_run_dirs(run))
+    final = run_plan.race_run_dirs(run, lambda d, s, l, rung: race_survivors(d, s, l, 2) if rung == 2 else [])
+    return [d for d in final if d not in others]
 
 
 def planned_layers_of(dataset, slm, llm):
     return planned_layers(llm)
 
 
-def planned_run_dirs():
-    return pifi_run_dirs(planned_layers_of)
+def planned_run_dirs(run):
+    return run_plan.pifi_run_dirs(run, planned_layers_of)
 
 
-def chosen_run_dirs():
-    return pifi_run_dirs(chosen_layers)
+def chosen_run_dirs(run):
+    return run_plan.pifi_run_dirs(run, chosen_layers)
 
 
-# Three kinds of runs, three input functions, so that no run waits for a checkpoint it does not need:
-# base runs need none, planned PiFi runs the LLM's depth (prepare_model), chosen ones the selection.
-# Every layer is trained once, whichever methods ask for it.
-def base_metrics(wildcards):
-    return [f"{d}/metrics.json" for d in base_run_dirs()]
-
-
-def planned_pifi_metrics(wildcards):
-    return [f"{d}/metrics.json" for d in planned_run_dirs()]
-
-
-def chosen_pifi_metrics(wildcards):
-    return [f"{d}/metrics.json" for d in chosen_run_dirs()]
-
-
-def race_pifi_metrics(wildcards):
-    return [f"{d}/metrics.json" for d in race_run_dirs()]
-
-
+# A group's runs, by kind, with one input function per kind, so that no run waits for a checkpoint it does
+# not need: base runs need none, planned PiFi runs the LLM's depth (prepare_model), chosen ones the
+# selection, the race's its cuts. Every layer is trained once, whichever methods ask for it.
+RUN_KINDS = {"base": lambda run: run_plan.base_run_dirs(run), "planned_pifi": planned_run_dirs,
+             "chosen_pifi": chosen_run_dirs, "race_pifi": race_run_dirs}
 # test predictions (the tables) and validation predictions (the layers tied with the oracle)
-PREDICTION_FILES = ("predictions.parquet", "validation_predictions.parquet")
+RUN_FILES = ("metrics.json", "predictions.parquet", "validation_predictions.parquet")
 
 
-def base_predictions(wildcards):
-    return [f"{d}/{name}" for d in base_run_dirs() for name in PREDICTION_FILES]
+def group_runs_of(kind):
+    def files(wildcards):
+        return [f"{d}/{name}" for d in RUN_KINDS[kind](group_run(wildcards)) for name in RUN_FILES]
+    files.__name__ = f"{kind}_runs"
+    return files
 
 
-def planned_pifi_predictions(wildcards):
-    return [f"{d}/{name}" for d in planned_run_dirs() for name in PREDICTION_FILES]
-
-
-def chosen_pifi_predictions(wildcards):
-    return [f"{d}/{name}" for d in chosen_run_dirs() for name in PREDICTION_FILES]
-
-
-def race_pifi_predictions(wildcards):
-    return [f"{d}/{name}" for d in race_run_dirs() for name in PREDICTION_FILES]
-
-
-def selection_files(wildcards):
+def group_selection(wildcards):
     if not run_plan.needs_selection(RUN["methods"]):
         return []
-    return [selection_file(d, s, l) for d in RUN["datasets"] for s in RUN["slms"] for l in RUN["llms"]]
+    return [selection_file(wildcards.dataset, wildcards.slm, wildcards.llm)]
 
 
-def all_scores_files(wildcards):
-    if not run_plan.needs_selection(RUN["methods"]):
+def group_scores(wildcards):
+    if not group_selection(wildcards):
         return []
-    return [scores_file(d, s, l, name) for d in RUN["datasets"] for s in RUN["slms"] for l in RUN["llms"]
-            for name in SELECTORS]
+    return [scores_file(wildcards.dataset, wildcards.slm, wildcards.llm, name) for name in SELECTORS]
+
+
+def group_race(wildcards):
+    if "pifi_race" not in RUN["methods"]:
+        return []
+    return [f"results/race/{wildcards.dataset}/{wildcards.slm}/{wildcards.llm}/race.json"]
+
+
+def group_summaries(wildcards):
+    """Every group's tables: rule all asks for them through summarize, so a group added to a finished
+    project plans its whole chain as anything missing does."""
+    return [f"results/summary/groups/{d}/{s}/{l}/{name}" for d, s, l in summary_groups()
+            for name in (*(f"{table}.parquet" for table in GROUP_TABLES), "runs.json")]
 
 
 def run_test_split(wildcards):
@@ -341,6 +328,7 @@ def run_test_split(wildcards):
 
 
 SUMMARY_TABLES = ("summary", "comparisons", "layers", "selectors", "selector_scores", "data_checks")
+GROUP_TABLES = SUMMARY_TABLES[:-1]  # data_checks is per dataset, read from info.json by the merge
 
 
 def figure_files():

@@ -1,16 +1,31 @@
+# One summary per (dataset, SLM, LLM) group, then a cheap merge: a group added to a finished project is
+# missing, so Snakemake plans its chain like anything missing, and the groups already done stay done.
+rule summarize_group:
+    input:
+        **{f"{kind}_runs": group_runs_of(kind) for kind in RUN_KINDS},
+        selection=group_selection,
+        scores=group_scores,
+        race=group_race,
+    output:
+        **{name: f"results/summary/groups/{{dataset}}/{{slm}}/{{llm}}/{name}.parquet" for name in GROUP_TABLES},
+        # the runs, selection and scores the group's tables were computed from
+        runs="results/summary/groups/{dataset}/{slm}/{llm}/runs.json",
+    log:
+        "results/logs/summary/{dataset}/{slm}/{llm}.log",
+    params:
+        methods=RUN["methods"],
+        sweep=config["sweep"],
+        bootstrap=config["statistics"],
+        code=code_version("summarize_group.py"),
+    conda:
+        "../../envs/pifi.yaml"
+    script:
+        "../scripts/summarize_group.py"
+
+
 rule summarize:
     input:
-        base_metrics=base_metrics,
-        planned_pifi_metrics=planned_pifi_metrics,
-        chosen_pifi_metrics=chosen_pifi_metrics,
-        base_predictions=base_predictions,
-        planned_pifi_predictions=planned_pifi_predictions,
-        chosen_pifi_predictions=chosen_pifi_predictions,
-        race_pifi_metrics=race_pifi_metrics,
-        race_pifi_predictions=race_pifi_predictions,
-        races=race_files,
-        selections=selection_files,
-        scores=all_scores_files,
+        groups=group_summaries,
         # the data checks (texts shared between splits) reach the verdicts
         infos=expand("results/data/{dataset}/info.json", dataset=RUN["datasets"]),
     output:
@@ -26,12 +41,8 @@ rule summarize:
     log:
         "results/logs/summary.log",
     params:
-        # The whole run matrix, so that adding a dataset, seed or model to a finished project
-        # re-plans the summary (and, through its inputs, the new chain) instead of only the plots.
-        run=RUN,
+        run=RUN,  # described on the report's first page
         selection=SELECTION,
-        methods=RUN["methods"],
-        sweep=config["sweep"],
         bootstrap=config["statistics"],
         code=code_version("summarize.py"),
     conda:
