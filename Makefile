@@ -19,21 +19,24 @@ $(BIN)/.installed: pyproject.toml Makefile
 install: $(BIN)/.installed
 
 # The whole DAG offline on CPU: MiniLM + SmolLM2 on the project's demo datasets, under demo/
-# (a demo never mixes with a real run's results/).
+# (a demo never mixes with a real run's results/). Your overrides go on top of the demo's config:
+#   make demo CONFIGS=my.yaml        (then: make demo-report CONFIGS=my.yaml)
 demo: install
-	HF_HUB_OFFLINE=1 $(BIN)/snakemake --cores 2 --directory demo --configfile configs/demo.yaml
+	HF_HUB_OFFLINE=1 $(BIN)/snakemake --cores 2 --directory demo --configfile configs/demo.yaml $(DEMO_OVERRIDES)
 
 # The HTML report of a finished project, written to $(PROJECT)/report.html:
 #   make report PROJECT=my-project CONFIGS="configs/demo.yaml my.yaml"
 # Snakemake resolves --report against --directory, hence "report.html", not "$(PROJECT)/report.html".
 PROJECT ?= demo
 CONFIGS ?= configs/demo.yaml
+# For the demo targets, CONFIGS is what goes over configs/demo.yaml (which is always first).
+DEMO_OVERRIDES = $(filter-out configs/demo.yaml,$(CONFIGS))
 report: install
 	HF_HUB_OFFLINE=1 $(BIN)/snakemake --cores 1 --directory $(PROJECT) --configfile $(CONFIGS) --report report.html
 	@echo "report: $(PROJECT)/report.html"
 
 demo-report: demo
-	$(MAKE) report PROJECT=demo CONFIGS=configs/demo.yaml
+	$(MAKE) report PROJECT=demo CONFIGS="configs/demo.yaml $(DEMO_OVERRIDES)"
 
 # The layer sweep demo: every selector judged against the sweep on the demo topic task, under demo-sweep/.
 demo-sweep: install

@@ -233,7 +233,9 @@ def race_cut_inputs(wildcards):
     directory's epoch checkpoints. Cut 2 reads the survivors' whole runs on the race seed."""
     d, s, l, seed = wildcards.dataset, wildcards.slm, wildcards.llm, run_plan.race_seed(RUN)
     if wildcards.rung == "1":
-        whole = planned_layers(l) | chosen_layers(d, s, l)
+        whole = planned_layers(l)
+        if set(race_candidates(l)) - whole:  # only then ask the selection (with a sweep it would only wait)
+            whole |= chosen_layers(d, s, l)
         return {(f"layer{layer}_seed{seed}" if layer in whole else f"first_rung_layer{layer}_seed{seed}"):
                 (f"{run_plan.pifi_run_dir(d, s, l, layer, seed)}/history.json" if layer in whole else
                  f"results/race/{d}/{s}/{l}/first_rung/layer{layer}/seed{seed}.json")
