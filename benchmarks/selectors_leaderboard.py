@@ -236,7 +236,7 @@ def main() -> None:
     used = read_json(results / "summary" / "runs.json")
     boot = Bootstrap(**used["statistics"])
     layers = read_parquet(results / "summary" / "layers.parquet")
-    runs = load_runs([args.project / path for path in used["metrics"] if "/pifi/" in path])
+    runs = load_runs([args.project / path for path in used["metrics"]])
     selections = read_selections([args.project / path for path in used["selections"]])
     for key in selections:  # the swept layers, as the summary recorded them
         mine = layers[(layers["dataset"] == key[0]) & (layers["slm"] == key[1]) & (layers["llm"] == key[2])]

@@ -443,14 +443,25 @@ def test_planned_pifi_runs_do_not_wait_for_the_selection(tmp_path):
     assert jobs["train_pifi"] == 2 and jobs["train_base"] == 1
 
 
+def local_dataset_override(tmp_path: Path, workdir: Path, name: str, train: str, test: str,
+                           datasets: list[str]) -> tuple[Path, Path]:
+    """A local dataset directory ``name`` (its train.jsonl and test.jsonl) and an override running ``datasets``
+    with it; returns (directory, override)."""
+    directory = tmp_path / name
+    directory.mkdir()
+    (directory / "train.jsonl").write_text(train)
+    (directory / "test.jsonl").write_text(test)
+    override = workdir / f"{name}.yaml"
+    override.write_text(f"run:\n  datasets: [{', '.join(datasets)}]\n"
+                        f"datasets:\n  {name}: {{source: local, path: {directory}}}\n")
+    return directory, override
+
+
 def test_a_failing_job_says_why_on_the_console(tmp_path):
     workflow, workdir, config = fresh_project(tmp_path)
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "train.jsonl").write_text('{"text": "fine", "label": 0}\n{"text": "cut off", "lab\n')
-    (broken / "test.jsonl").write_text('{"text": "fine", "label": 0}\n')
-    override = workdir / "broken.yaml"
-    override.write_text(f"run:\n  datasets: [broken]\ndatasets:\n  broken: {{source: local, path: {broken}}}\n")
+    broken, override = local_dataset_override(
+        tmp_path, workdir, "broken", train='{"text": "fine", "label": 0}\n{"text": "cut off", "lab\n',
+        test='{"text": "fine", "label": 0}\n', datasets=["broken"])
     result = snakemake(workflow, workdir, "--configfile", str(config), str(override))
     assert result.returncode != 0
     line = next(l for l in result.stderr.splitlines() if l.startswith("PiFi error in prepare_data[dataset=broken]"))
@@ -639,12 +650,9 @@ def test_a_finished_project_grows_by_a_dataset_and_by_a_seed(methods, tmp_path):
     finished = {path: path.stat().st_mtime_ns for path in workdir.glob("results/runs/**/*.safetensors")}
     assert finished
 
-    mine = tmp_path / "mine"  # a valid directory of a badly copied dataset
-    mine.mkdir()
-    (mine / "train.jsonl").write_text('{"text": "good film", "label": 1}\n{"text": "dull", "label": "positive"}\n')
-    (mine / "test.jsonl").write_text('{"text": "fine", "label": 0}\n')
-    bad = workdir / "bad.yaml"
-    bad.write_text(f"run:\n  datasets: [sentiment, mine]\ndatasets:\n  mine: {{source: local, path: {mine}}}\n")
+    _, bad = local_dataset_override(  # a valid directory of a badly copied dataset
+        tmp_path, workdir, "mine", train='{"text": "good film", "label": 1}\n{"text": "dull", "label": "positive"}\n',
+        test='{"text": "fine", "label": 0}\n', datasets=["sentiment", "mine"])
     failed = snakemake(workflow, workdir, "--configfile", str(config), str(bad))
     assert failed.returncode != 0
     line = next(l for l in failed.stderr.splitlines() if l.startswith("PiFi error in prepare_data[dataset=mine]"))

@@ -90,7 +90,7 @@ def method_runs(runs: pd.DataFrame, selections: Mapping[tuple[str, str, str], Ma
             layer_of["pifi_ilm"] = int(selections[(dataset, slm, llm)]["layer"])
         if "pifi_race" in methods:
             layer_of["pifi_race"] = int(races[(dataset, slm, llm)]["layer"])
-        if "pifi_sweep" in methods and (dataset, slm, llm) in judged:
+        if (dataset, slm, llm) in judged:  # sweep_judge judges only groups with a sweep
             layer_of["pifi_oracle"] = judged[(dataset, slm, llm)]["oracle"]
         for method, layer in layer_of.items():
             views[(dataset, slm, llm, method)] = group[group["llm_layer"] == layer]

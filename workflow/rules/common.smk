@@ -236,10 +236,14 @@ def race_cut_inputs(wildcards):
         whole = planned_layers(l)
         if set(race_candidates(l)) - whole:  # only then ask the selection (with a sweep it would only wait)
             whole |= chosen_layers(d, s, l)
-        return {(f"layer{layer}_seed{seed}" if layer in whole else f"first_rung_layer{layer}_seed{seed}"):
-                (f"{run_plan.pifi_run_dir(d, s, l, layer, seed)}/history.json" if layer in whole else
-                 f"results/race/{d}/{s}/{l}/first_rung/layer{layer}/seed{seed}.json")
-                for layer in race_candidates(l)}
+
+        def rung_input(layer):
+            if layer in whole:
+                return f"layer{layer}_seed{seed}", f"{run_plan.pifi_run_dir(d, s, l, layer, seed)}/history.json"
+            rung = f"results/race/{d}/{s}/{l}/first_rung/layer{layer}/seed{seed}.json"
+            return f"first_rung_layer{layer}_seed{seed}", rung
+
+        return dict(rung_input(layer) for layer in race_candidates(l))
     return {f"layer{layer}_seed{seed}": f"{run_plan.pifi_run_dir(d, s, l, layer, seed)}/history.json"
             for layer in race_survivors(d, s, l, 1)}
 

@@ -20,10 +20,7 @@ group_files = [Path(path) for path in snakemake.input.groups]
 tables = merge_group_tables({(path.parts[-4:-1], path.stem): read_parquet(path)
                              for path in group_files if path.suffix == ".parquet"})
 tables["data_checks"] = data_checks_table(snakemake.input.infos)
-for name in snakemake.output.keys():
-    if name not in tables:
-        continue
-    table = tables[name]
+for name, table in tables.items():
     text = table.to_csv(index=False)
     write_text(snakemake.output[name], text)
     # The figures read the parquet (verified on read): the CSV's content, parsed back. Text columns stay
