@@ -9,7 +9,8 @@ import re
 import pandas as pd
 import pytest
 
-from pifi.data import DatasetError, cap_rows, carve_validation, overlap_line, prepare_splits, stratified_sample
+from pifi.data import (DatasetError, cap_rows, carve_validation, dataset_settings, overlap_line, prepare_splits,
+                       stratified_sample)
 from pifi.demo_data import DEMO_DATASETS, SPLIT_SIZES, demo_splits
 
 
@@ -121,7 +122,7 @@ def test_a_class_too_rare_to_carve_validation_is_named_with_the_ways_out(tmp_pat
 def test_a_validation_fraction_too_small_for_the_classes_is_refused():
     frame = pd.DataFrame({"row_id": [f"train-{i:06d}" for i in range(30)], "text": ["x"] * 30,
                           "label": [0, 1, 2] * 10})
-    with pytest.raises(DatasetError, match=r"dataset 'd': data.validation_fraction 0.05 of 30 train rows gives 2"):
+    with pytest.raises(DatasetError, match=r"dataset 'd': validation_fraction 0.05 of 30 train rows gives 2.*datasets.d.validation_fraction: 0.3"):
         carve_validation(frame, 0.05, seed=0, name="d")
 
 
@@ -372,7 +373,8 @@ def test_blank_texts_are_an_error_naming_file_column_count_and_rows(tmp_path, fm
     assert f"dataset 'ds' train ({directory / f'train.{fmt}'})" in message
     assert "3 row(s) have a blank text in column 'text'" in message
     assert BLANK_LOCATIONS[fmt] in message
-    assert "data.drop_blank_texts" in message
+    # the fix for this dataset alone first, the project-wide one after it
+    assert "set datasets.ds.drop_blank_texts: true to drop such rows (data.drop_blank_texts: true for every" in message
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
@@ -633,7 +635,7 @@ def test_shared_test_texts_can_be_an_error_or_dropped(tmp_path, caplog):
     from pifi.data import prepare_dataset
 
     directory = _overlap_dir(tmp_path)
-    with pytest.raises(DatasetError, match=r"6 of 30 test row\(s\) share.*test-000000.*split_overlap: drop_test"):
+    with pytest.raises(DatasetError, match=r"6 of 30 test row\(s\) share.*test-000000.*datasets.ds.split_overlap: drop_test"):
         prepare_dataset("ds", local_spec(directory), split_overlap_mode="error")
     with caplog.at_level(logging.WARNING, logger="pifi.data"):
         splits, checks = prepare_dataset("ds", local_spec(directory), split_overlap_mode="drop_test")
@@ -665,3 +667,11 @@ def test_overlap_line_names_counts_splits_and_setting():
         "(30 test rows kept; data.split_overlap: warn)")
     clean = {"mode": "warn", "train_validation": 0, "train_test": 0, "validation_test": 0, "test_rows_dropped": 0}
     assert overlap_line("ds", clean, test_rows=30) is None
+
+
+def test_a_datasets_own_settings_override_data_for_it_alone():
+    data = {"validation_fraction": 0.2, "seed": 2023, "drop_blank_texts": False, "split_overlap": "warn"}
+    mine = {"source": "local", "path": "x", "drop_blank_texts": True, "split_overlap": "drop_test"}
+    assert dataset_settings(data, mine) == {**data, "drop_blank_texts": True, "split_overlap": "drop_test"}
+    assert dataset_settings(data, {"source": "local", "path": "y"}) == data
+    assert data["drop_blank_texts"] is False  # data.* itself is not changed

@@ -291,6 +291,21 @@ def test_rerun_redoes_only_what_is_stale(project):
     summary_module.write_text(summary_module.read_text().removesuffix("\n# an edit\n"))
 
 
+def test_a_data_setting_for_one_dataset_re_plans_that_dataset_alone(project):
+    workflow, workdir, config, _ = project
+    # topics has test rows copied from train: drop_test changes its rows, and its alone
+    mine = workdir / "topics_drop_test.yaml"
+    mine.write_text("datasets:\n  topics:\n    split_overlap: drop_test\n")
+    plan = snakemake(workflow, workdir, "--configfile", str(config), str(mine), "--dry-run").stdout
+    assert scheduled_jobs(plan)["prepare_data"] == 1
+    assert "dataset=topics" in plan and "dataset=sentiment" not in plan
+    # the same setting project-wide re-prepares every dataset
+    everyone = workdir / "all_drop_test.yaml"
+    everyone.write_text("data:\n  split_overlap: drop_test\n")
+    plan = snakemake(workflow, workdir, "--configfile", str(config), str(everyone), "--dry-run").stdout
+    assert scheduled_jobs(plan)["prepare_data"] == 2
+
+
 def test_changing_the_selector_retrains_nothing_already_trained(project):
     workflow, workdir, config, _ = project
     before = {p: p.stat().st_mtime_ns for p in files(workdir, "results/runs/**/model.safetensors")}
@@ -325,14 +340,15 @@ def test_test_rows_copied_from_train_are_shown_on_the_console_in_the_verdict_and
 
 
 def test_a_changed_summary_table_stops_plot_naming_it(project):
-    """The figures read the summary's parquet copies, which carry a checksum: one accuracy changed in
-    layers.parquet (mtime kept) stops plot with one line naming the file; editing the CSV changes nothing drawn."""
+    """The figures read their group's parquet tables, which carry a checksum: one accuracy changed in a
+    group's layers.parquet (mtime kept) stops plot with one line naming the file; editing the CSV changes nothing
+    drawn."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     workflow, workdir, config, _ = project
     assert snakemake(workflow, workdir, "--configfile", str(config)).returncode == 0  # up to date after other tests
-    path = workdir / "results/summary/layers.parquet"
+    path = files(workdir, "results/summary/groups/*/*/*/layers.parquet")[0]
     figures = sorted((workdir / "results/summary/figures").glob("*.svg"))
     original, stat = path.read_bytes(), path.stat()
     drawn = {figure: figure.read_bytes() for figure in figures}
@@ -353,7 +369,7 @@ def test_a_changed_summary_table_stops_plot_naming_it(project):
         for figure, raw in drawn.items():
             figure.write_bytes(raw)
     assert pd.read_csv(workdir / "results/summary/layers.csv").equals(
-        pd.read_parquet(path))  # the parquet is the CSV's content
+        pd.read_parquet(workdir / "results/summary/layers.parquet"))  # the parquet is the CSV's content
 
 
 def test_a_corrupt_tensor_artifact_stops_the_dag_and_names_the_file(project):

@@ -29,6 +29,9 @@ LOCAL_FORMATS = ("jsonl", "csv", "parquet")
 SHOWN_ROWS = 5  # how many offending rows an error message lists
 # data.split_overlap: what a test text also found in train or validation does (leakage)
 SPLIT_OVERLAP_MODES = ("warn", "error", "drop_test")
+# The data.* settings that change which rows a dataset has: a dataset's entry may set its own
+# (datasets.<name>.<key>), so a fix for one dataset re-prepares that dataset alone.
+PER_DATASET_SETTINGS = ("validation_fraction", "drop_blank_texts", "split_overlap")
 _WHOLE_NUMBER_TEXT = re.compile(r"[+-]?\d+(?:\.0*)?")  # "1", "-2", "1.0", "3." (as in CSV or quoted JSON)
 UTF8_BOM = b"\xef\xbb\xbf"
 
@@ -37,6 +40,16 @@ logger = logging.getLogger(__name__)
 
 class DatasetError(ValueError):
     """A dataset that cannot be used as configured; the message says what and where."""
+
+
+def dataset_settings(data: Mapping[str, Any], spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The data settings one dataset is prepared with: ``data.*``, with the dataset entry's own keys over it."""
+    return {**data, **{key: spec[key] for key in PER_DATASET_SETTINGS if key in spec}}
+
+
+def _fix(name: str, key: str, value: Any) -> str:
+    """A suggested setting, for this dataset alone (datasets.<name>.<key>: value)."""
+    return f"datasets.{name}.{key}: {value}"
 
 
 # --- reading local files ------------------------------------------------------------------------------
@@ -227,7 +240,7 @@ def _blank_texts(out: pd.DataFrame, sources: Mapping[str, str], where: str,
 
 
 def _handle_blank_texts(out: pd.DataFrame, sources: Mapping[str, str], where: str,
-                        line_numbers: np.ndarray | None, drop: bool) -> pd.DataFrame:
+                        line_numbers: np.ndarray | None, drop: bool, name: str) -> pd.DataFrame:
     """Refuse rows with blank texts, or drop them (and say how many) when ``drop`` is set."""
     blank_by_column = _blank_texts(out, sources, where, line_numbers)
     blank = pd.concat(blank_by_column.values(), axis=1).any(axis=1)
@@ -238,14 +251,14 @@ def _handle_blank_texts(out: pd.DataFrame, sources: Mapping[str, str], where: st
         columns = " and ".join(repr(sources[c]) for c, column_blank in blank_by_column.items() if column_blank.any())
         raise DatasetError(
             f"{where}: {count} row(s) have a blank text in column {columns} (missing, empty or whitespace-only) "
-            f"at {_describe_rows(out.index[blank], line_numbers)}; fix them, or set data.drop_blank_texts: true "
-            "to drop such rows"
+            f"at {_describe_rows(out.index[blank], line_numbers)}; fix them, or set "
+            f"{_fix(name, 'drop_blank_texts', 'true')} to drop such rows (data.drop_blank_texts: true for every dataset)"
         )
     logger.warning("%s: dropped %d of %d row(s) with a blank text (drop_blank_texts)", where, count, len(out))
     return out[~blank]
 
 
-def _standardise(frame: pd.DataFrame, split: str, spec: Mapping[str, Any], where: str, *,
+def _standardise(frame: pd.DataFrame, split: str, spec: Mapping[str, Any], where: str, *, name: str,
                  drop_blank_texts: bool = False) -> pd.DataFrame:
     """Rename configured columns to text/text_pair/label, attach row ids, map labels, check texts."""
     columns = {spec.get("text_column", "text"): "text", spec.get("label_column", "label"): "label"}
@@ -277,7 +290,7 @@ def _standardise(frame: pd.DataFrame, split: str, spec: Mapping[str, Any], where
         out["label"] = keys[keep].map(label_map).astype("int64")
     # after label_map: rows the config leaves out need no text
     sources = {standard: source for source, standard in columns.items()}
-    out = _handle_blank_texts(out, sources, where, line_numbers, drop_blank_texts)
+    out = _handle_blank_texts(out, sources, where, line_numbers, drop_blank_texts, name)
     if not label_map:
         out["label"] = _labels_as_classes(out["label"], where, line_numbers)
     return out.reset_index(drop=True)
@@ -339,9 +352,9 @@ def carve_validation(train: pd.DataFrame, fraction: float, seed: int, *, name: s
                            f"(each class needs at least 2, one for each side); {ways_out}")
     n_validation = math.ceil(fraction * len(train))
     if n_validation < len(counts) or len(train) - n_validation < len(counts):
-        raise DatasetError(f"dataset {name!r}: data.validation_fraction {fraction} of {len(train)} train rows gives "
+        raise DatasetError(f"dataset {name!r}: validation_fraction {fraction} of {len(train)} train rows gives "
                            f"{n_validation} validation row(s) for {len(counts)} classes; each side needs one row of "
-                           f"every class: raise or lower validation_fraction, or {ways_out}")
+                           f"every class: raise or lower it (e.g. {_fix(name, 'validation_fraction', 0.3)}), or {ways_out}")
     train_rows, validation_rows = train_test_split(
         train, test_size=fraction, random_state=seed, stratify=train["label"]
     )
@@ -413,7 +426,7 @@ def split_overlap(splits: Mapping[str, pd.DataFrame], name: str, mode: str = "wa
                 f"(after whitespace normalisation), e.g. {examples}")
         if mode == "error":
             raise DatasetError(f"{what}; the test score would partly measure memory: remove them, or set "
-                               "data.split_overlap: drop_test (drop the test copies) or warn (keep them)")
+                               f"{_fix(name, 'split_overlap', 'drop_test')} (drop the test copies) or warn (keep them)")
         if mode == "drop_test":
             out["test"] = test[~leaked.to_numpy()].reset_index(drop=True)
             report["test_rows_dropped"] = count
@@ -493,7 +506,7 @@ def _load_and_standardise(
             raise DatasetError(f"dataset {name!r}: no {required} split configured")
     splits = {
         split: _standardise(frame, split, spec, where=f"dataset {name!r} {split} ({frame.attrs.get('source', source)})",
-                            drop_blank_texts=drop_blank_texts)
+                            name=name, drop_blank_texts=drop_blank_texts)
         for split, frame in raw.items()
     }
     if "validation" not in splits:

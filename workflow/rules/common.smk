@@ -11,6 +11,7 @@ from snakemake.utils import validate
 from pifi.artifacts import ArtifactError, read_json, verify_safetensors
 from pifi.config import (ConfigError, check_config_keys, check_data_limits, check_llm_limits, check_run_names,
                          check_selection_limits, coerce_command_line_strings, sweep_layer_set)
+from pifi.data import dataset_settings
 from pifi import run_plan
 from pifi.provenance import code_fingerprint
 

@@ -10,10 +10,8 @@ checkpoint prepare_data:
         "results/logs/data/{dataset}.log",
     params:
         spec=dataset_spec,
-        validation_fraction=config["data"]["validation_fraction"],
-        drop_blank_texts=config["data"]["drop_blank_texts"],
-        split_overlap=config["data"]["split_overlap"],
-        seed=config["data"]["seed"],
+        # data.* with the dataset's own settings over it: a per-dataset fix changes this dataset's params alone
+        data=lambda wildcards: dataset_settings(config["data"], config["datasets"][wildcards.dataset]),
         code=code_version("prepare_data.py"),
     conda:
         "../../envs/pifi.yaml"

@@ -51,13 +51,14 @@ rule summarize:
         "../scripts/summarize.py"
 
 
+# A group's figures read its own tables: a change to one dataset re-draws that dataset's figures alone.
 rule plot:
     input:
-        layers="results/summary/layers.parquet",
-        scores="results/summary/selector_scores.parquet",
-        summary="results/summary/summary.parquet",
-        comparisons="results/summary/comparisons.parquet",
-        selectors="results/summary/selectors.parquet",
+        layers="results/summary/groups/{dataset}/{slm}/{llm}/layers.parquet",
+        scores="results/summary/groups/{dataset}/{slm}/{llm}/selector_scores.parquet",
+        summary="results/summary/groups/{dataset}/{slm}/{llm}/summary.parquet",
+        comparisons="results/summary/groups/{dataset}/{slm}/{llm}/comparisons.parquet",
+        selectors="results/summary/groups/{dataset}/{slm}/{llm}/selectors.parquet",
     output:
         layers=report("results/summary/figures/{dataset}.{slm}.{llm}.layers.svg", category="Figures",
                       subcategory="{dataset}", caption="../report/layers.rst"),

@@ -6,11 +6,12 @@ from pifi.job import config_base, console_line, start_job
 
 log = start_job(snakemake)
 p = snakemake.params
+settings = p.data
 # The checks (texts shared between splits, train classes absent from validation or test) are
 # warnings in this log and counts in info.json; data.split_overlap can make test leakage an error.
-splits, checks = prepare_dataset(snakemake.wildcards.dataset, p.spec, validation_fraction=p.validation_fraction,
-                                 seed=p.seed, drop_blank_texts=p.drop_blank_texts, split_overlap_mode=p.split_overlap,
-                                 base_dir=config_base(snakemake))
+splits, checks = prepare_dataset(snakemake.wildcards.dataset, p.spec, validation_fraction=settings["validation_fraction"],
+                                 seed=settings["seed"], drop_blank_texts=settings["drop_blank_texts"],
+                                 split_overlap_mode=settings["split_overlap"], base_dir=config_base(snakemake))
 info = {"dataset": snakemake.wildcards.dataset, "source": p.spec["source"],
         "num_labels": int(splits["train"]["label"].max()) + 1, "splits": {}, "checks": checks}
 for split, frame in splits.items():
