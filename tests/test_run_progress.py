@@ -96,3 +96,32 @@ def test_a_finished_run_reports_against_the_plan_in_its_project(tmp_path):
                                seconds=10, root=tmp_path)
     # 10 planned runs (layers 0, 1, 2, 3 x 2 seeds + 2 base), 2 done at 10 s a run: 80 s left
     assert "training runs 2 of 10 done, about 1:2" in line  # 1:20, give or take the clock
+
+
+def test_a_jobs_progress_reaches_the_console_at_most_once_a_minute_and_notes_marked_always_at_once(monkeypatch):
+    from pifi import progress as progress_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: clock[0])
+    lines: list[str] = []
+    progress_module.echo_to_console(lines.append, "train_pifi a/b")
+    progress_module.echo("epoch 1 of 3")  # a quiet start: nothing yet
+    clock[0] += 59
+    progress_module.echo("epoch 2 of 3")
+    assert lines == []
+    clock[0] += 2  # 61 s of silence
+    progress_module.echo("epoch 3 of 3")
+    progress_module.note("resumed after epoch 1 of 3", always=True)
+    progress_module.echo("too soon")
+    assert lines == ["PiFi: train_pifi a/b: epoch 3 of 3", "PiFi: train_pifi a/b: resumed after epoch 1 of 3"]
+    # the periodic lines of progress() are echoed the same way
+    def slow():
+        for item in range(3):
+            clock[0] += 61
+            yield item
+    list(progress_module.progress(slow(), total=4, desc="hidden states", interval=30))
+    assert [l for l in lines if "hidden states" in l] == [
+        "PiFi: train_pifi a/b: hidden states: 1/4 (25%), 61 s, about 183 s left",
+        "PiFi: train_pifi a/b: hidden states: 2/4 (50%), 122 s, about 122 s left",
+        "PiFi: train_pifi a/b: hidden states: 3/4 (75%), 183 s, about 61 s left"]
+    progress_module.echo_to_console(None, "")  # leave no sink behind for other tests

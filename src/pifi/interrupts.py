@@ -9,10 +9,16 @@ either signal to its job processes (``forward_signals_to_jobs``, installed by th
 (``stop_on_signals``): training stops at once, its epoch checkpoints (``pifi.resume``) stay, and
 the job says "interrupted" in its log instead of printing a crash on the console. The run then
 ends with one line (``print_interrupted``, called by ``onerror``).
+
+An interrupted job still exits non-zero, and Snakemake would print an error block per job (``Error in
+rule``, ``RuleException``, ``WorkflowError``) around that line, as if something had crashed. After a
+signal, its console handlers (never its log file under .snakemake/log) drop every further record
+(``quiet_console``), so the line that says how to resume is the last thing printed.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 from collections.abc import Callable
@@ -36,6 +42,7 @@ def forward_signals_to_jobs() -> None:
 def _forwarding_handler(previous: Callable | int | None) -> Callable:
     def handler(signum: int, frame) -> None:
         _received.append(signum)
+        quiet_console()
         signal_job_processes(signum)
         if callable(previous):
             previous(signum, frame)
@@ -43,6 +50,17 @@ def _forwarding_handler(previous: Callable | int | None) -> Callable:
             raise KeyboardInterrupt
 
     return handler
+
+
+def quiet_console(logger_name: str = "snakemake.logging") -> None:
+    """Snakemake's console handlers drop every record from now on; its log file keeps them all."""
+    for handler in logging.getLogger(logger_name).handlers:
+        if not isinstance(handler, logging.FileHandler) and _drop_all not in handler.filters:
+            handler.addFilter(_drop_all)
+
+
+def _drop_all(record: logging.LogRecord) -> bool:
+    return False
 
 
 def signal_job_processes(signum: int) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pifi.interrupts import stop_on_signals
+from pifi.progress import echo_to_console
 
 if TYPE_CHECKING:
     import torch
@@ -50,6 +51,8 @@ def start_job(snakemake) -> logging.Logger:
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
     log.info("rule %s, wildcards %s, threads %d", snakemake.rule, dict(snakemake.wildcards.items()), threads)
+    # a long step's progress reaches the console too (at most a line a minute), named by rule and wildcards
+    echo_to_console(console_line, " ".join([snakemake.rule, "/".join(str(v) for _, v in snakemake.wildcards.items())]).strip())
     return log
 
 

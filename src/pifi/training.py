@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from pifi.evaluation import classification_metrics
-from pifi.progress import progress
+from pifi.progress import echo, note, progress
 from pifi.resume import EpochState, ResumeStore
 from pifi.tokens import TokenizedSplit, batches, length_buckets
 
@@ -199,7 +199,7 @@ def train_classifier(
         result.history, result.best_epoch, best_accuracy = saved.history, saved.best_epoch, saved.best_accuracy
         result.best_state, first_epoch = saved.best_state, saved.epoch + 1
         result.resumed_from_epoch = saved.epoch
-        log.info("resumed after epoch %d of %d (best so far: epoch %d)", saved.epoch, cfg.epochs, saved.best_epoch)
+        note(f"resumed after epoch {saved.epoch} of {cfg.epochs} (best so far: epoch {saved.best_epoch})", always=True)
     started = time.perf_counter()
     try:
         last_epoch = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, stop_after_epoch)
@@ -218,6 +218,7 @@ def train_classifier(
                       **{f"validation_{k}": round(v, 6) for k, v in metrics.items()}}
             result.history.append(record)
             log.info("epoch %s (%.1f s)", json.dumps(record), time.perf_counter() - epoch_start)
+            _echo_epoch(record, cfg.epochs, time.perf_counter() - epoch_start)
             if on_epoch is not None:
                 on_epoch(record)
             if metrics["accuracy"] > best_accuracy:
@@ -235,6 +236,12 @@ def train_classifier(
             resume.wait()  # the last checkpoint is on disk before the run returns or fails
     result.train_seconds = time.perf_counter() - started
     return result
+
+
+def _echo_epoch(record: dict, epochs: int, seconds: float) -> None:
+    """The epoch's console line, when the job has been quiet for a while (pifi.progress.note)."""
+    echo(f"epoch {record['epoch']} of {epochs}: validation accuracy {100 * record['validation_accuracy']:.1f}%, "
+          f"train loss {record['train_loss']:.4f} ({seconds:.0f} s)")
 
 
 def restore_best_state(model: nn.Module, result: TrainingResult) -> None:

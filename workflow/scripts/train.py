@@ -14,6 +14,7 @@ from pifi.evaluation import predictions_frame
 from pifi.job import console_line, job_device, release_device, start_job
 from pifi.model import ModelSpec, build_classifier, count_parameters
 from pifi.model_sources import ModelRef
+from pifi.progress import echo_to_console
 from pifi.resume import ResumeStore, fingerprint
 from pifi.run_progress import report_finished_run
 from pifi.tokens import TokenizedSplit, capped_rows
@@ -61,6 +62,7 @@ stop_after = snakemake.params.get("stop_after_epoch")
 run_dir = Path(snakemake.params.get("run_dir") or Path(out[0]).parent)
 resume = ResumeStore(run_dir / "resume", fingerprint(t, spec.to_dict(), snakemake.params.code, tokens_digest))
 what = f"{wc.dataset}/{wc.slm} " + ("base" if layer is None else f"+ {wc.llm} layer {layer}") + f" seed {seed}"
+echo_to_console(console_line, what)  # its epochs and resume on the console under the run's name
 if stop_after is not None:
     rung = train_classifier(model, splits["train"], splits["validation"], cfg, device, resume=resume,
                             stop_after_epoch=int(stop_after))
