@@ -219,6 +219,67 @@ def test_layer_profile_without_sweep_says_so(tmp_path):
     assert "last layer (7)" in texts  # the strip's markers are still explained
 
 
+def _drawn_figure(monkeypatch, path: Path, **overrides):
+    """The Figure that plot_layer_profile saves, for its axes and colour data."""
+    import pifi.plots
+
+    drawn, save = [], pifi.plots._save_svg
+    monkeypatch.setattr(pifi.plots, "_save_svg", lambda figure, target: (drawn.append(figure), save(figure, target)))
+    _profile(path, **overrides)
+    return drawn[-1]
+
+
+def _panels(figure) -> list:
+    """The figure's axes other than colour bars."""
+    return [ax for ax in figure.axes if not hasattr(ax, "_colorbar")]
+
+
+def test_layer_profile_without_sweep_draws_no_empty_panel(tmp_path, monkeypatch):
+    no_sweep = {"sweep": _sweep().iloc[0:0], "oracle_layer": None, "selectors": _selectors(sweep=False)}
+    figure = _drawn_figure(monkeypatch, tmp_path / "no_sweep.svg", **no_sweep)
+    panels = _panels(figure)
+    assert len(panels) == 1  # the selector strip alone
+    assert all(ax.collections or ax.lines for ax in panels)  # every panel draws data
+    with_sweep = _drawn_figure(monkeypatch, tmp_path / "sweep.svg")
+    assert len(_panels(with_sweep)) == 2
+    # no space kept for the missing panel: shorter by about the sweep panel's 3 inches
+    assert with_sweep.get_figheight() - figure.get_figheight() > 2.5
+    assert _svg_height(tmp_path / "sweep.svg") - _svg_height(tmp_path / "no_sweep.svg") > 150
+
+
+def _scores_in_different_units() -> dict[str, list[float]]:
+    scores = _selector_scores(SELECTORS[:3])
+    scores["fisher"] = [1000.0 * score + 250.0 for score in scores["fisher"]]  # another unit altogether
+    return scores
+
+
+def test_layer_profile_rows_span_the_colour_scale_and_state_their_range(tmp_path, monkeypatch):
+    path = tmp_path / "profile.svg"
+    names = SELECTORS[:3]
+    scores = _scores_in_different_units()
+    figure = _drawn_figure(monkeypatch, path, selector_scores=scores, chosen=_chosen(names),
+                           selectors=_selectors(names))
+    strip = next(ax for ax in _panels(figure) if ax.get_title(loc="left").startswith("Selector scores"))
+    colours = np.ma.filled(strip.collections[0].get_array().reshape(len(names), NUM_LAYERS), np.nan)
+    np.testing.assert_allclose(np.nanmin(colours, axis=1), 0.0)  # each row runs from 0 (its lowest layer)...
+    np.testing.assert_allclose(np.nanmax(colours, axis=1), 1.0)  # ...to 1 (its highest)
+    texts, heights = _svg_texts(path), _text_heights(path)
+    assert "score, scaled within each selector (0 = its lowest layer, 1 = its highest)" in texts
+    # each row says its raw range, on the row's own line
+    ranges = {"ilm_pc_patching": "-7 to 0", "probe_cv": "-6 to 0", "fisher": "-4750 to 250"}
+    for name, text in ranges.items():
+        label = "ilm_pc_patching (pifi_ilm)" if name == "ilm_pc_patching" else name
+        assert heights[text] == pytest.approx(heights[label], abs=3), name
+    assert "raw score range" in texts
+
+
+def test_layer_profile_range_of_score_less_and_constant_selectors(tmp_path):
+    rows = selector_rows({"last": [1.0] * NUM_LAYERS, "probe_cv": [0.5, np.nan, 0.25]}, {"plugin_probe": 2},
+                         _selectors(("plugin_probe",)))
+    assert {row.name: row.range_text for row in rows} == {"plugin_probe": "-", "last": "1 (constant)",
+                                                          "probe_cv": "0.25 to 0.5"}
+
+
 def test_layer_profile_with_nan_win_rates_and_no_selectors_table(tmp_path):
     selectors = _selectors()
     selectors["win_rate"] = math.nan

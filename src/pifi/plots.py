@@ -18,6 +18,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.collections import QuadMesh
 from matplotlib.colors import LinearSegmentedColormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -45,6 +46,8 @@ NO_SCORE_COLOR = "#eeeeee"
 # visible on every cell.
 SCORE_CMAP = LinearSegmentedColormap.from_list("pifi_scores", ["#f7fbff", "#6baed6", "#2171b5"])
 MAX_LAYER_TICKS = 17
+# Selectors' raw scores have different units, so each row is scaled on its own and states its range.
+SCORE_SCALE_LABEL = "score, scaled within each selector (0 = its lowest layer, 1 = its highest)"
 
 _SVG_RC = {
     "svg.hashsalt": "pifi-ilm",  # element ids from a fixed salt, not a random one
@@ -258,9 +261,16 @@ def normalized_scores(scores: Sequence[float]) -> np.ndarray:
     return scaled
 
 
+def _finite_range(scores: Sequence[float] | None) -> tuple[float, float]:
+    """(lowest, highest) of the finite scores; (NaN, NaN) when there are none."""
+    values = np.asarray([] if scores is None else scores, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    return (float(values.min()), float(values.max())) if values.size else (math.nan, math.nan)
+
+
 @dataclass(frozen=True)
 class SelectorRow:
-    """One selector's row of the rank strip: normalised scores, choice, stability and regret."""
+    """One selector's row of the rank strip: normalised scores and their raw range, choice, stability, regret."""
 
     name: str
     scores: np.ndarray | None  # normalised, one per layer; None when the selector wrote no scores
@@ -269,6 +279,17 @@ class SelectorRow:
     win_rate: float  # fraction of resampled selections the choice also won; NaN unknown
     regret: float  # oracle − chosen test accuracy in points; NaN without a sweep or untrained layer
     regret_significant: bool
+    score_low: float = math.nan  # the raw scores' range, in the selector's own unit; NaN without scores
+    score_high: float = math.nan
+
+    @property
+    def range_text(self) -> str:
+        """The raw scores' range as printed beside the row, e.g. "0.25 to 0.5"; "-" without scores."""
+        if not (math.isfinite(self.score_low) and math.isfinite(self.score_high)):
+            return "-"
+        if self.score_low == self.score_high:
+            return f"{self.score_low:.4g} (constant)"
+        return f"{self.score_low:.4g} to {self.score_high:.4g}"
 
     @property
     def win_rate_text(self) -> str:
@@ -293,10 +314,12 @@ def selector_rows(selector_scores: Mapping[str, Sequence[float]], chosen: Mappin
     for name in names:
         row = table.get(name, {})
         scores = selector_scores.get(name)
+        low, high = _finite_range(scores)
         rows.append(SelectorRow(name=name, scores=None if scores is None else normalized_scores(scores),
                                 chosen=chosen.get(name), drives=_flag(row.get("drives_pifi_ilm")),
                                 win_rate=_number(row.get("win_rate")), regret=100 * _number(row.get("regret")),
-                                regret_significant=_flag(row.get("regret_significant"))))
+                                regret_significant=_flag(row.get("regret_significant")),
+                                score_low=low, score_high=high))
     return rows
 
 
@@ -357,33 +380,37 @@ def _plot_sweep_panel(ax: Axes, sweep: pd.DataFrame, oracle_layer: int | None, l
     ax.legend(handles=[*handles, _chosen_handle()], loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
 
 
-def _plot_no_sweep_panel(ax: Axes, last_layer: int) -> None:
-    """Say why there is no accuracy curve, and still explain the markers of the strip below."""
-    ax.text(0.5, 0.5, "no layer sweep in this run (method pifi_sweep not run):\n"
-            "no accuracy per layer, no oracle, no regret", ha="center", va="center", transform=ax.transAxes,
-            color=MARKER_COLOR)
-    ax.set_yticks([])
-    ax.grid(False)
+NO_SWEEP_NOTE = "no layer sweep in this run (method pifi_sweep not run): no accuracy per layer, no oracle, no regret"
+
+
+def _no_sweep_legend(figure: Figure, last_layer: int) -> None:
+    """Without the sweep panel (whose legend explains the strip's marks), the marks' legend goes below."""
     handles = [Line2D([], [], color=MARKER_COLOR, linestyle=":", linewidth=1.3, label=f"last layer ({last_layer})"),
                _chosen_handle()]
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    figure.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
 
 
 def _plot_rank_strip(ax: Axes, rows: Sequence[SelectorRow], num_layers: int, oracle_layer: int | None,
-                     last_layer: int, *, show_regret: bool) -> None:
-    """One row per selector: its normalised scores as a heat strip, its choice as a diamond, its stats right."""
+                     last_layer: int, *, show_regret: bool, note: str | None = None) -> QuadMesh | None:
+    """One row per selector: its normalised scores as a heat strip, its choice as a diamond, its stats right.
+
+    Returns the heat strip's mesh (for the colour bar), None when no selector has scores.
+    """
     ax.grid(False)
     ax.set_facecolor(NO_SCORE_COLOR)  # masked cells: no score for that layer
+    title = "Selector scores per layer (colour scaled within each selector; its raw score range at right)"
+    # lifted above the two-line column headers, so that a long title cannot run into them
+    ax.set_title(title if note is None else f"{title}\n{note}", fontsize=10, loc="left", pad=26 if rows else 6)
     if not rows:
         ax.text(0.5, 0.5, "no selector scores", ha="center", va="center", transform=ax.transAxes)
         ax.set_yticks([])
-        return
+        return None
     matrix = np.full((len(rows), num_layers), np.nan)
     for index, row in enumerate(rows):
         if row.scores is not None:
             matrix[index] = row.scores
-    ax.pcolormesh(np.arange(num_layers + 1) - 0.5, np.arange(len(rows) + 1) - 0.5, np.ma.masked_invalid(matrix),
-                  cmap=SCORE_CMAP, vmin=0.0, vmax=1.0)
+    mesh = ax.pcolormesh(np.arange(num_layers + 1) - 0.5, np.arange(len(rows) + 1) - 0.5,
+                         np.ma.masked_invalid(matrix), cmap=SCORE_CMAP, vmin=0.0, vmax=1.0)
     for index in range(1, len(rows)):  # white gaps keep neighbouring rows apart
         ax.axhline(index - 0.5, color="white", linewidth=2)
     _mark_layers(ax, oracle_layer, last_layer, labelled=False)
@@ -397,11 +424,13 @@ def _plot_rank_strip(ax: Axes, rows: Sequence[SelectorRow], num_layers: int, ora
     for label, row in zip(ax.get_yticklabels(), rows):
         label.set_fontweight("bold" if row.drives else "normal")
     ax.set_ylim(len(rows) - 0.5, -0.5)  # first selector on top
-    ax.set_title("Selector scores per layer (scaled per selector; darker = higher)", fontsize=10, loc="left")
+    return mesh if any(row.scores is not None for row in rows) else None
 
 
-# centres of the stats columns right of the strip, in points from its right edge
-_CHOSE_X, _WIN_X, _REGRET_X = 22, 68, 125
+# centres of the stats columns right of the strip, in points from its right edge; the score range,
+# whose width varies, is left-aligned last so that it cannot run into a column after it
+_CHOSE_X, _WIN_X, _REGRET_X = 22, 68, 134
+_RANGE_X = {True: 184, False: 100}  # by show_regret
 
 
 def _stats_columns(ax: Axes, index: int, row: SelectorRow, *, show_regret: bool) -> None:
@@ -411,6 +440,7 @@ def _stats_columns(ax: Axes, index: int, row: SelectorRow, *, show_regret: bool)
     _right_column(ax, _WIN_X, index, row.win_rate_text, ha="center", fontweight=weight)
     if show_regret:
         _right_column(ax, _REGRET_X, index, row.regret_text, ha="center", fontweight=weight)
+    _right_column(ax, _RANGE_X[show_regret], index, row.range_text, ha="left", fontsize=8)
 
 
 def _stats_header(ax: Axes, *, show_regret: bool) -> None:
@@ -418,6 +448,15 @@ def _stats_header(ax: Axes, *, show_regret: bool) -> None:
     headers = [(_CHOSE_X, "layer"), (_WIN_X, "win rate"), *regret]
     for x, text in headers:
         _right_column(ax, x, -0.6, text, ha="center", va="bottom", fontsize=8, color=MARKER_COLOR)
+    _right_column(ax, _RANGE_X[show_regret], -0.6, "raw score range\n(own unit)", ha="left", va="bottom",
+                  fontsize=8, color=MARKER_COLOR)
+
+
+def _score_colorbar(figure: Figure, ax: Axes, mesh: QuadMesh) -> None:
+    bar = figure.colorbar(mesh, ax=ax, location="bottom", shrink=0.5, aspect=40, pad=0.02)
+    bar.set_ticks([0.0, 0.5, 1.0])
+    bar.set_label(SCORE_SCALE_LABEL, fontsize=8)
+    bar.ax.tick_params(labelsize=8)
 
 
 def plot_layer_profile(path: str | os.PathLike, *, title: str, sweep: pd.DataFrame,
@@ -427,10 +466,11 @@ def plot_layer_profile(path: str | os.PathLike, *, title: str, sweep: pd.DataFra
 
     ``sweep`` has one row per swept layer with columns layer, val_mean, val_low, val_high,
     test_mean, test_low, test_high (fractions; low/high bound the 95% interval); when it is empty
-    (no sweep ran) the top panel says so. ``selector_scores`` maps selector name -> one score per
-    layer (higher = better); ``chosen`` maps selector name -> the layer it picked; ``selectors`` is
-    the dataset x SLM x LLM's part of selectors.csv, for each row's win rate, regret and which
-    selector drives pifi_ilm (bold). Layers share one x axis across both panels.
+    (no sweep ran) there is no top panel and the strip's title says why. ``selector_scores`` maps
+    selector name -> one score per layer (higher = better), drawn scaled within each selector (their
+    units differ) with the raw range beside each row; ``chosen`` maps selector name -> the layer it
+    picked; ``selectors`` is the dataset x SLM x LLM's part of selectors.csv, for each row's win rate,
+    regret and which selector drives pifi_ilm (bold). Layers share one x axis across both panels.
     """
     _require_columns(sweep, SWEEP_COLUMNS, "sweep", path)
     if selectors is not None:
@@ -439,19 +479,26 @@ def plot_layer_profile(path: str | os.PathLike, *, title: str, sweep: pd.DataFra
     _check_layers(chosen, num_layers, path)
     rows = selector_rows(selector_scores, chosen, selectors)
     has_sweep = not sweep.empty
-    top, strip = (3.0 if has_sweep else 0.9), 0.5 + 0.3 * max(1, len(rows))
+    strip = 0.5 + 0.3 * max(1, len(rows))
+    # title, x label and colour bar; without a sweep also the note and the legend below
+    extra = 1.6 if has_sweep else 2.0
     with _svg_style():
-        figure = Figure(figsize=(10.0, top + strip + 1.0), layout="constrained")
-        axes = figure.subplots(2, 1, sharex=True, height_ratios=[top, strip])
         if has_sweep:
-            _plot_sweep_panel(axes[0], sweep, oracle_layer, last_layer)
-        else:
-            _plot_no_sweep_panel(axes[0], last_layer)
-        _plot_rank_strip(axes[1], rows, num_layers, oracle_layer if has_sweep else None, last_layer,
-                         show_regret=has_sweep)
-        axes[1].set_xlabel("LLM layer index")
-        axes[1].set_xticks(_layer_ticks(num_layers))
-        axes[1].set_xlim(-0.5, num_layers - 0.5)
+            top = 3.0
+            figure = Figure(figsize=(10.0, top + strip + extra), layout="constrained")
+            sweep_ax, strip_ax = figure.subplots(2, 1, sharex=True, height_ratios=[top, strip])
+            _plot_sweep_panel(sweep_ax, sweep, oracle_layer, last_layer)
+        else:  # no empty panel: the strip alone
+            figure = Figure(figsize=(10.0, strip + extra), layout="constrained")
+            strip_ax = figure.subplots()
+            _no_sweep_legend(figure, last_layer)
+        mesh = _plot_rank_strip(strip_ax, rows, num_layers, oracle_layer if has_sweep else None, last_layer,
+                                show_regret=has_sweep, note=None if has_sweep else NO_SWEEP_NOTE)
+        strip_ax.set_xlabel("LLM layer index")
+        strip_ax.set_xticks(_layer_ticks(num_layers))
+        strip_ax.set_xlim(-0.5, num_layers - 0.5)
+        if mesh is not None:
+            _score_colorbar(figure, strip_ax, mesh)
         figure.suptitle(title)
         _save_svg(figure, path)
 
