@@ -8,7 +8,7 @@ import jsonschema
 import pytest
 import yaml
 
-from pifi.config import (ConfigError, repeated_items, check_config_keys, check_data_limits, check_llm_limits, check_run_names,
+from pifi.config import (ConfigError, job_threads, repeated_items, check_config_keys, check_data_limits, check_llm_limits, check_run_names,
                          check_selection_limits, coerce_command_line_strings, sweep_layer_set, unknown_keys,
                          unsafe_names)
 from tiny_project import REPO
@@ -144,6 +144,26 @@ def test_selection_limits_against_the_data_and_the_llm():
         check_llm_limits({"name": "m", "hidden_size": 8}, selection(), [])
 
 
+def test_the_limits_follow_each_selectors_declared_defaults(monkeypatch):
+    """The checks read a selector's folds and n_components where the selector declares them
+    (pifi.selectors): a changed default is checked as it is, not as a copy in this module remembers it."""
+    import dataclasses
+
+    from pifi import selectors
+
+    info = {"splits": {"train": {"label_counts": {"0": 90, "1": 30}}}}
+    check_data_limits(info, selection(n_samples=100), ["probe_cv", "plugin_probe"], dataset="d")
+    probe_cv = selectors._REGISTRY["probe_cv"]
+    monkeypatch.setitem(selectors._REGISTRY, "probe_cv", dataclasses.replace(probe_cv, defaults={**probe_cv.defaults, "folds": 40}))
+    with pytest.raises(ConfigError, match="probe_cv: 40 folds"):
+        check_data_limits(info, selection(n_samples=100), ["probe_cv"], dataset="d")
+    silhouette = selectors._REGISTRY["silhouette"]
+    monkeypatch.setitem(selectors._REGISTRY, "silhouette",
+                        dataclasses.replace(silhouette, defaults={**silhouette.defaults, "n_components": 100}))
+    with pytest.raises(ConfigError, match="silhouette: n_components 100"):
+        check_llm_limits({"name": "m", "hidden_size": 64}, selection(), ["silhouette"])
+
+
 @pytest.mark.parametrize("sweep, depth, expected", [
     ({"layers": "all", "stride": 1}, 4, [0, 1, 2, 3]),
     ({"layers": "all", "stride": 10}, 30, [0, 10, 20, 29]),
@@ -188,3 +208,12 @@ def test_a_string_that_is_no_number_is_left_for_the_schema_to_refuse(schema, con
     broken["selection"]["top_pc"] = typed["selection"]["top_pc"]
     with pytest.raises(jsonschema.ValidationError, match="'three' is not of type 'integer'"):
         jsonschema.validate(broken, schema)
+
+
+@pytest.mark.parametrize("share, cores, on_cpu, threads", [
+    ("large", 2, True, 1), ("many", 2, True, 1),      # the 2-core VM: as before, one each
+    ("large", 16, True, 8), ("many", 16, True, 4),    # a CPU server: the tail of a run uses its cores
+    ("large", 16, False, 1), ("many", 16, False, 1),  # GPUs: the cores run jobs side by side
+])
+def test_job_threads_scale_with_the_cores_on_cpu_only(share, cores, on_cpu, threads):
+    assert job_threads(share, cores=cores, on_cpu=on_cpu) == threads

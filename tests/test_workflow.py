@@ -442,6 +442,33 @@ def test_bad_limits_fail_before_any_training(tmp_path):
     assert not (workdir / "results/runs").exists() and not (workdir / "results/hidden").exists()  # ...before use
 
 
+def planned_threads(dry_run_output: str) -> dict[str, int]:
+    """{rule: threads} of the jobs a dry run lists (Snakemake prints ``threads:`` only above 1)."""
+    threads = {}
+    for block in re.split(r"\n(?=(?:local)?(?:rule|checkpoint) \w+:$)", dry_run_output, flags=re.MULTILINE):
+        head = re.search(r"^(?:local)?(?:rule|checkpoint) (\w+):$", block, flags=re.MULTILINE)
+        if head:
+            count = re.search(r"^    threads: (\d+)$", block, flags=re.MULTILINE)
+            threads[head.group(1)] = int(count.group(1)) if count else 1
+    return threads
+
+
+def test_cpu_jobs_get_threads_by_the_rule_and_the_device(tmp_path):
+    """The rules declare threads (pifi.config.job_threads): a dry run shows them on CPU, 1 each on GPUs."""
+    workflow, workdir, config = fresh_project(tmp_path)
+    on = {}
+    for device in ("cpu", "cuda"):
+        override = workdir / f"{device}.yaml"
+        override.write_text(f"device: {device}\n")
+        plan = snakemake(workflow, workdir, "--configfile", str(config), str(override), "--dry-run", "--cores", "8")
+        assert plan.returncode == 0, plan.stderr[-2000:]
+        on[device] = planned_threads(plan.stdout)
+    cores = min(8, os.cpu_count())  # the machine's cores bound them too
+    assert (on["cpu"]["extract_hidden"], on["cpu"]["cls_features"], on["cpu"]["train_base"]) == (
+        max(1, cores // 2), max(1, cores // 2), max(1, cores // 4))
+    assert {on["cuda"][rule] for rule in ("extract_hidden", "cls_features", "train_base")} == {1}
+
+
 def test_planned_pifi_runs_do_not_wait_for_the_selection(tmp_path):
     """Once the LLM's depth is known (prepare_model), the last layer's and the sweep's runs can be
     scheduled: they train beside the selection instead of queueing behind it."""
@@ -558,13 +585,17 @@ def test_pifi_race_beside_pifi_last_reads_the_last_layers_run_instead_of_a_first
 
 def test_identical_runs_write_identical_artifacts(tmp_path):
     """Two runs of the same small config in two directories: every artifact byte-identical except
-    the files that hold timings (timings.json, Snakemake's benchmark files) and the logs."""
+    the files that hold timings (timings.json, Snakemake's benchmark files) and the logs. With make demo's
+    methods and every selector it computes (configs/demo.yaml over config.yaml), so the demo's numbers
+    are the code's, whoever runs it."""
     workflow = copy_workflow(tmp_path)
     first, second = tmp_path / "first", tmp_path / "second"
     config = write_tiny_project(first, seeds=(1,), datasets=("topics",))
     small = yaml.safe_load(config.read_text())
-    small["run"]["methods"] = ["base", "pifi_last", "pifi_ilm"]
-    small["selection"]["selectors"] = ["ilm_pc_patching", "fisher"]
+    demo, real = (yaml.safe_load((REPO / name).read_text()) for name in ("configs/demo.yaml", "config.yaml"))
+    small["run"]["methods"] = demo["run"]["methods"]
+    small["selection"]["selectors"] = demo.get("selection", {}).get("selectors", real["selection"]["selectors"])
+    assert len(small["selection"]["selectors"]) == 11
     config.write_text(yaml.safe_dump(small, sort_keys=False))
     second.mkdir()
     for workdir in (first, second):  # the same config (and model paths) for both

@@ -243,17 +243,29 @@ def check_data_limits(info: Mapping[str, Any], selection: Mapping[str, Any], sel
     # this), and of a stability subset drawn from those rows (at random: allow for an unlucky draw).
     smallest_class = min(n * c // rows for c in counts.values()) if rows else 0
     subset = stability_subset_size(selection) if selection.get("stability_resamples") else n
-    params = selection.get("selector_params") or {}
+    from pifi.selectors import PLUGIN_PROBE, selector_params  # the defaults where they are declared
+
     # Selectors with a stratified k-fold; plugin_probe has no stability subsets (each one would retrain it).
-    for name, default_folds, resampled in (("probe_cv", 5, True), ("ilm_v2", 5, True), ("plugin_probe", 4, False)):
-        folds = (params.get(name) or {}).get("folds", default_folds)
+    for name in selectors:
+        folds = _selector_setting(selection, name, "folds", selector_params(name))
+        if folds is None:
+            continue
+        resampled = name != PLUGIN_PROBE
         needed = folds if subset == n or not resampled else max(folds, int(folds * n / subset + 0.999))
-        if name in selectors and n <= rows and needed > smallest_class:
+        if n <= rows and needed > smallest_class:
             problems.append(f"selector {name}: {folds} folds need {folds} rows of every class in every (sub)sample, "
                             f"but the smallest class of {dataset!r} gets about {smallest_class} of the {n} samples; "
                             f"raise n_samples or lower selection.selector_params.{name}.folds")
     if problems:
         raise ConfigError(f"dataset {dataset!r}: selection limits broken:\n  " + "\n  ".join(problems))
+
+
+def _selector_setting(selection: Mapping[str, Any], name: str, key: str, defaults: Mapping[str, Any]) -> Any:
+    """Selector ``name``'s ``key`` as the run uses it (selector_params over its declared default); None when
+    it has no such setting."""
+    if key not in defaults:
+        return None
+    return ((selection.get("selector_params") or {}).get(name) or {}).get(key, defaults[key])
 
 
 def check_llm_limits(manifest: Mapping[str, Any], selection: Mapping[str, Any], selectors: list[str]) -> None:
@@ -263,11 +275,27 @@ def check_llm_limits(manifest: Mapping[str, Any], selection: Mapping[str, Any], 
     if selection["n_pcs"] > hidden:
         problems.append(f"selection.n_pcs ({selection['n_pcs']}) is larger than the hidden size {hidden} of {name!r}")
     subset = stability_subset_size(selection) if selection.get("stability_resamples") else selection["n_samples"]
-    for selector in ("silhouette", "ilm_v2"):
-        components = ((selection.get("selector_params") or {}).get(selector) or {}).get("n_components", 16)
-        if selector in selectors and components > min(subset, hidden):
+    from pifi.selectors import selector_params
+
+    for selector in selectors:
+        components = _selector_setting(selection, selector, "n_components", selector_params(selector))
+        if components is not None and components > min(subset, hidden):
             problems.append(f"selector {selector}: n_components {components} is more than a (sub)sample of {subset} "
                             f"rows or the hidden size {hidden} of {name!r}; lower "
                             f"selection.selector_params.{selector}.n_components")
     if problems:
         raise ConfigError(f"LLM {name!r}: selection limits broken:\n  " + "\n  ".join(problems))
+
+
+def job_threads(share: str, *, cores: int, on_cpu: bool) -> int:
+    """CPU threads for a job: with GPUs 1 (the cores run jobs side by side); on CPU, "large" jobs (extraction,
+    CLS vectors, PCA, the plug-in probe) take half the cores and the "many" (training, scores) a quarter.
+
+    Not every core: on the 2-core VM, two-thread large jobs made ``make demo`` 1.31x slower (982 s vs 1,289 s,
+    benchmarks/README.md), since they barely ran faster and held both cores; there this gives 1 everywhere.
+    """
+    if share not in ("large", "many"):
+        raise ValueError(f"share must be 'large' or 'many', not {share!r}")
+    if not on_cpu:
+        return 1
+    return max(1, cores // (2 if share == "large" else 4))

@@ -56,6 +56,7 @@ __all__ = [
     "claim_gpus",
     "claim_gpus_for_job",
     "claimed_slots",
+    "count_gpus",
     "default_lock_dir",
     "release_gpus",
 ]
@@ -613,6 +614,11 @@ def _resolve_pool(gpus: Sequence[GpuId] | None) -> list[GpuId]:
         # Set (even empty) means someone chose what CUDA may see: honour it.
         return list(dict.fromkeys(_parse_visible_devices(visible)))
     return list(range(_count_physical_gpus()))
+
+
+def count_gpus(gpus: Sequence[GpuId] | None = None) -> int:
+    """How many GPUs the jobs would share (the ``gpus`` config, else CUDA_VISIBLE_DEVICES, else all found)."""
+    return len(_resolve_pool(gpus))
 
 
 def _count_physical_gpus() -> int:

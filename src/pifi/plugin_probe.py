@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -30,37 +30,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from pifi.plugged_layer import DecoderCheckpoint, PluggedDecoderLayer, plugged_layer_from
+from pifi.selectors import PluginProbeParams  # declared with the other selectors' settings
 
 __all__ = ["PluginProbeParams", "cls_vectors", "score_plugged_layers", "plugged_layer_accuracy"]
-
-
-@dataclass(frozen=True)
-class PluginProbeParams:
-    """How each layer's plug-in is trained: the training recipe's Adam, learning rate, batch size, label
-    smoothing, dropout and clipping; folds, initialisations and epochs are the probe's own."""
-
-    folds: int = 4                 # stratified k-fold over the selection rows: 4 x 100 held-out rows of 400
-    inits: int = 2                 # initialisations per fold; the score is the mean over folds x inits
-    epochs: int = 5                # ~50 steps per model on 300 rows; on SST-2 a rate of 1e-3 instead of the
-                                   # recipe's overfit (held-out loss above ln 2) without a clearer ranking
-    batch_size: int = 32           # the recipe's
-    learning_rate: float = 5e-5    # the recipe's
-    label_smoothing: float = 0.05  # the recipe's
-    dropout: float = 0.2           # the recipe's
-    grad_clip: float = 5.0         # the recipe's
-    seed: int = 0
-    score: str = "accuracy"        # accuracy: mean held-out accuracy; loss: minus the mean held-out loss (smoother)
-
-    def check(self, labels: np.ndarray) -> None:
-        if self.score not in ("accuracy", "loss"):
-            raise ValueError(f"plugin_probe: score={self.score!r} must be 'accuracy' or 'loss'")
-        smallest = int(np.unique(labels, return_counts=True)[1].min())
-        if not 2 <= self.folds <= smallest:
-            raise ValueError(f"plugin_probe: folds={self.folds} must be between 2 and the smallest class count "
-                             f"({smallest}) so that every fold holds every class; lower folds or use more samples")
-        for name in ("inits", "epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"plugin_probe: {name}={getattr(self, name)} must be at least 1")
 
 
 def _linear_weight(fan_in: int, fan_out: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,10 +10,13 @@ from snakemake.utils import validate
 
 from pifi.artifacts import ArtifactError, read_json, verify_safetensors
 from pifi.config import (ConfigError, check_config_keys, check_data_limits, check_llm_limits, check_run_names,
-                         check_selection_limits, coerce_command_line_strings, sweep_layer_set)
+                         check_selection_limits, coerce_command_line_strings, job_threads, sweep_layer_set)
 from pifi.data import dataset_settings
+from pifi.gpu import count_gpus
 from pifi import run_plan
 from pifi.provenance import code_fingerprint
+# each with its own rules: PC patching (the reference experiment's file format) and the plug-in probe
+from pifi.selectors import PATCHING, PLUGIN_PROBE
 
 REPO = Path(workflow.basedir)
 LIBRARY = REPO / "src" / "pifi"
@@ -34,8 +37,6 @@ SELECTION = config["selection"]
 # The selector that drives pifi_ilm is always computed; the others are compared beside it.
 SELECTORS = list(dict.fromkeys([SELECTION["selector"], *SELECTION["selectors"]]))
 RACE = config["race"]
-PATCHING = "ilm_pc_patching"  # the seed's score: its own rule, the seed's file format
-PLUGIN_PROBE = "plugin_probe"  # the layer as PiFi uses it: CLS vectors and layer weights, its own rules
 
 
 wildcard_constraints:
@@ -93,6 +94,15 @@ def verified(pattern):
 
 
 _VERIFIED = set()
+
+
+# CPU threads per job: see pifi.config.job_threads. (On SLURM this process may see no GPU: profiles/slurm
+# sets threads per rule.)
+COMPUTES_ON_CPU = config["device"] == "cpu" or (config["device"] == "auto" and count_gpus(config["gpus"]) == 0)
+
+
+def cpu_threads(share):
+    return job_threads(share, cores=min(workflow.cores or 1, os.cpu_count() or 1), on_cpu=COMPUTES_ON_CPU)
 
 
 def dataset_spec(wildcards):

@@ -5,6 +5,7 @@ rule extract_hidden:
     output:
         states="results/hidden/{dataset}/{llm}/states.safetensors",
         samples="results/hidden/{dataset}/{llm}/samples.parquet",
+    threads: cpu_threads("large")
     log:
         "results/logs/hidden/{dataset}/{llm}.log",
     benchmark:

@@ -13,6 +13,7 @@ rule race_first_rung:
         llm=checked_llm_manifest,
     output:
         rung="results/race/{dataset}/{slm}/{llm}/first_rung/layer{layer}/seed{seed}.json",
+    threads: cpu_threads("many")
     log:
         "results/logs/race/{dataset}/{slm}/{llm}/layer{layer}/seed{seed}/first_rung.log",
     benchmark:

@@ -6,6 +6,7 @@ rule fit_pca:
         states=verified("results/hidden/{dataset}/{llm}/states.safetensors"),
     output:
         pca="results/pca/{dataset}/{llm}/pca.safetensors",
+    threads: cpu_threads("large")
     log:
         "results/logs/pca/{dataset}/{llm}.log",
     benchmark:
@@ -26,6 +27,7 @@ rule layer_effects:
         pca=verified("results/pca/{dataset}/{llm}/pca.safetensors"),
     output:
         effects="results/selection/{dataset}/{slm}/{llm}/effects.json",
+    threads: cpu_threads("large")
     log:
         "results/logs/selection/{dataset}/{slm}/{llm}/effects.log",
     benchmark:
@@ -49,6 +51,7 @@ rule layer_scores:
         states=verified("results/hidden/{dataset}/{llm}/states.safetensors"),
     output:
         scores="results/selection/{dataset}/{llm}/scores/{selector}.json",
+    threads: cpu_threads("many")
     log:
         "results/logs/selection/{dataset}/{llm}/{selector}.log",
     benchmark:
@@ -73,6 +76,7 @@ rule cls_features:
         slm=slm_manifest,
     output:
         features="results/features/{dataset}/{slm}/cls.safetensors",
+    threads: cpu_threads("large")
     log:
         "results/logs/features/{dataset}/{slm}.log",
     benchmark:
@@ -97,6 +101,7 @@ rule plugin_probe:
         llm=checked_llm_manifest,
     output:
         scores=f"results/selection/{{dataset}}/{{slm}}/{{llm}}/scores/{PLUGIN_PROBE}.json",
+    threads: cpu_threads("large")
     log:
         "results/logs/selection/{dataset}/{slm}/{llm}/plugin_probe.log",
     benchmark:

@@ -20,6 +20,7 @@ rule train_base:
         predictions="results/runs/{dataset}/{slm}/base/seed{seed}/predictions.parquet",
         validation_predictions="results/runs/{dataset}/{slm}/base/seed{seed}/validation_predictions.parquet",
         timings="results/runs/{dataset}/{slm}/base/seed{seed}/timings.json",
+    threads: cpu_threads("many")
     log:
         "results/logs/runs/{dataset}/{slm}/base/seed{seed}/train.log",
     benchmark:
@@ -45,6 +46,7 @@ rule train_pifi:
         predictions="results/runs/{dataset}/{slm}/pifi/{llm}/layer{layer}/seed{seed}/predictions.parquet",
         validation_predictions="results/runs/{dataset}/{slm}/pifi/{llm}/layer{layer}/seed{seed}/validation_predictions.parquet",
         timings="results/runs/{dataset}/{slm}/pifi/{llm}/layer{layer}/seed{seed}/timings.json",
+    threads: cpu_threads("many")
     log:
         "results/logs/runs/{dataset}/{slm}/pifi/{llm}/layer{layer}/seed{seed}/train.log",
     benchmark:
