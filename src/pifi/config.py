@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from pifi.selectors import PLUGIN_PROBE, selector_params  # each selector's defaults, where it is declared
+
 # Registry keys become directory names under results/: no separators, no "..", no hidden files.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 REGISTRIES = ("datasets", "models")
@@ -243,8 +245,6 @@ def check_data_limits(info: Mapping[str, Any], selection: Mapping[str, Any], sel
     # this), and of a stability subset drawn from those rows (at random: allow for an unlucky draw).
     smallest_class = min(n * c // rows for c in counts.values()) if rows else 0
     subset = stability_subset_size(selection) if selection.get("stability_resamples") else n
-    from pifi.selectors import PLUGIN_PROBE, selector_params  # the defaults where they are declared
-
     # Selectors with a stratified k-fold; plugin_probe has no stability subsets (each one would retrain it).
     for name in selectors:
         folds = _selector_setting(selection, name, "folds", selector_params(name))
@@ -275,8 +275,6 @@ def check_llm_limits(manifest: Mapping[str, Any], selection: Mapping[str, Any], 
     if selection["n_pcs"] > hidden:
         problems.append(f"selection.n_pcs ({selection['n_pcs']}) is larger than the hidden size {hidden} of {name!r}")
     subset = stability_subset_size(selection) if selection.get("stability_resamples") else selection["n_samples"]
-    from pifi.selectors import selector_params
-
     for selector in selectors:
         components = _selector_setting(selection, selector, "n_components", selector_params(selector))
         if components is not None and components > min(subset, hidden):

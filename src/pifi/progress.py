@@ -65,5 +65,5 @@ def progress(iterable: Iterable[T], *, total: int, desc: str, interval: float = 
             line = (f"{desc}: {done}/{total} ({100 * done / total:.0f}%), {now - started:.0f} s, "
                     f"about {(total - done) / rate:.0f} s left")
             log.info("%s", line)
-            echo(line, always=False)
+            echo(line)
     log.info("%s: %d/%d done in %.1f s", desc, done, total, time.monotonic() - started)

@@ -37,6 +37,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from pifi.selection import SELECTOR as PATCHING  # the ILM reference experiment's score, named where it is computed
 from pifi.selection import ConvergenceWatch, best_layer, layer_effects
 
 __all__ = ["PLUGIN_PROBE", "SELECTORS", "STATE_SELECTORS", "LayerScores", "best_layer", "score_layers",
@@ -338,7 +339,7 @@ class _Selector:
 
 
 _REGISTRY: dict[str, _Selector] = {
-    "ilm_pc_patching": _Selector(_ilm_pc_patching, {"n_pcs": 16, "top_pc": 5, "lambdas": (0.5, 1.0)}),
+    PATCHING: _Selector(_ilm_pc_patching, {"n_pcs": 16, "top_pc": 5, "lambdas": (0.5, 1.0)}),
     "probe_cv": _Selector(_probe_cv, {"folds": 5, "seed": 0}),
     "fisher": _Selector(_fisher, {}),
     "silhouette": _Selector(_silhouette, {"n_components": 16, "seed": 0}),
@@ -354,7 +355,6 @@ _REGISTRY: dict[str, _Selector] = {
     "middle": _Selector(_middle, {}),
 }
 
-PATCHING = "ilm_pc_patching"  # the ILM reference experiment's score: its own rules (fit_pca, layer_effects)
 PLUGIN_PROBE = "plugin_probe"  # scores the layer as PiFi uses it: CLS vectors and layer weights, not states
 
 

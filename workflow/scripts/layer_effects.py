@@ -5,7 +5,7 @@ from pifi.choice import unconverged_layers
 from pifi.hidden import load_states
 from pifi.job import start_job
 from pifi.selection import effects_report, load_pcas, patching_effect
-from pifi.selectors import selection_stability
+from pifi.selectors import PATCHING, selection_stability
 
 log = start_job(snakemake)
 p, wc = snakemake.params, snakemake.wildcards
@@ -21,7 +21,7 @@ report["converged"] = report["probe_converged"]
 report["stability"] = None
 if p.stability_resamples:
     report["stability"] = selection_stability(
-        "ilm_pc_patching", states, labels, n_pcs=n_pcs, top_pc=p.top_pc, lambdas=list(p.lambdas),
+        PATCHING, states, labels, n_pcs=n_pcs, top_pc=p.top_pc, lambdas=list(p.lambdas),
         resamples=p.stability_resamples, fraction=p.stability_fraction, seed=p.seed)
     log.info("stability: layer win rates %s", report["stability"]["win_rate"])
 if bad := unconverged_layers(report["converged"]):
