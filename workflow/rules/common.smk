@@ -6,6 +6,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from pifi.artifacts import ArtifactError, read_json, verify_safetensors
@@ -102,7 +103,11 @@ COMPUTES_ON_CPU = config["device"] == "cpu" or (config["device"] == "auto" and c
 
 
 def cpu_threads(share):
-    return job_threads(share, cores=min(workflow.cores or 1, os.cpu_count() or 1), on_cpu=COMPUTES_ON_CPU)
+    try:
+        cores = workflow.cores
+    except WorkflowError:  # a cluster executor has no --cores (profiles/slurm sets these rules' threads)
+        cores = None
+    return job_threads(share, cores=min(cores or 1, os.cpu_count() or 1), on_cpu=COMPUTES_ON_CPU)
 
 
 def dataset_spec(wildcards):
