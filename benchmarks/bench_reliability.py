@@ -49,8 +49,8 @@ import torch
 
 from common import REPO, RESULTS, machine_info, print_table
 from pifi.artifacts import ArtifactError, read_json, read_safetensors, write_json, write_parquet, write_safetensors
-from pifi.config import (ConfigError, check_config_keys, check_data_limits, check_llm_limits, check_selection_limits,
-                         sweep_layer_set)
+from pifi.config import ConfigError, check_config_keys, sweep_layer_set
+from pifi.selection_checks import check_data_limits, check_llm_limits, check_selection_limits
 from pifi.data import DatasetError, overlap_line, prepare_dataset, prepare_splits
 from pifi.gpu import UnsafeLockError, claim_gpus, release_gpus
 from pifi.model_sources import ModelRef, ModelSourceError, resolve_model_dir

@@ -32,14 +32,12 @@ import torch
 from pifi.artifacts import read_json, read_parquet, write_json
 from pifi.hidden import load_states
 from pifi.race import RaceSettings, histories_from_files, replay
-from pifi.selectors import PLUGIN_PROBE, best_layer, score_layers
+from pifi.selectors import NOTHING, PATCHING, PLUGGED, PLUGIN_PROBE, best_layer, declared, score_layers
 from pifi.stats import in_top, kendall, spearman
 from pifi.summary import Bootstrap, is_tied, load_runs, read_selections, regret, sweep_judge
 
 from common import RESULTS, machine_info
 
-BASELINES = ("first", "last", "middle")
-REFERENCE = "ilm_pc_patching"
 INFORMATIVE_POINTS = 0.05  # the best swept layer must beat the majority class by this much on validation
 RACE_COST_LIMIT = 0.35     # the race replaces the sweep only at or below this share of its cost
 
@@ -57,11 +55,11 @@ class Project:
         self.selection = self.results / "selection" / dataset
 
     def scores(self, name: str) -> dict:
-        if name == REFERENCE:
+        if name == PATCHING:
             effects = read_json(self.selection / self.slm / self.llm / "effects.json")
             return {"scores": effects["effects"], "stability": effects.get("stability"),
                     "params": {"n_pcs": effects["n_pcs"], "top_pc": effects["top_pc"], "lambdas": effects["lambdas"]}}
-        folder = self.selection / (f"{self.slm}/{self.llm}" if name == PLUGIN_PROBE else self.llm) / "scores"
+        folder = self.selection / (f"{self.slm}/{self.llm}" if declared(name).reads == PLUGGED else self.llm) / "scores"
         return read_json(folder / f"{name}.json")
 
     def seconds(self, *parts: str) -> float:
@@ -109,10 +107,10 @@ def dataset_entry(project: Project, judge: dict, swept: list[int], boot: Bootstr
     selection = read_json(p.selection / p.slm / p.llm / "selection.json")
     for name in selection["choices"]:
         report = p.scores(name)
-        if name == PLUGIN_PROBE:
+        if declared(name).reads == PLUGGED:
             seconds = p.seconds("features", p.dataset, f"{p.slm}.tsv") + p.seconds(
                 "selection", p.dataset, p.slm, p.llm, f"{name}.tsv")
-        elif name in BASELINES:
+        elif declared(name).reads == NOTHING:
             seconds = 0.0
         else:
             started = time.perf_counter()

@@ -8,9 +8,9 @@ import jsonschema
 import pytest
 import yaml
 
-from pifi.config import (ConfigError, job_threads, repeated_items, check_config_keys, check_data_limits, check_llm_limits, check_run_names,
-                         check_selection_limits, coerce_command_line_strings, sweep_layer_set, unknown_keys,
-                         unsafe_names)
+from pifi.config import (ConfigError, check_config_keys, check_run_names, coerce_command_line_strings, job_threads,
+                         repeated_items, sweep_layer_set, unknown_keys, unsafe_names)
+from pifi.selection_checks import check_data_limits, check_llm_limits, check_selection_limits
 from tiny_project import REPO
 
 SCHEMA_PATH = REPO / "workflow/schemas/config.schema.yaml"

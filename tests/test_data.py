@@ -9,8 +9,9 @@ import re
 import pandas as pd
 import pytest
 
-from pifi.data import (DatasetError, cap_rows, carve_validation, dataset_settings, overlap_line, prepare_splits,
-                       stratified_sample)
+from pifi.artifacts import write_parquet
+from pifi.data import (DatasetError, carve_validation, dataset_settings, overlap_line, prepare_splits,
+                       selection_samples, stratified_sample)
 from pifi.demo_data import DEMO_DATASETS, SPLIT_SIZES, demo_splits
 
 
@@ -247,13 +248,18 @@ def test_selection_samples_never_come_from_the_test_split(local_dir, sample_spli
     assert not set(sample["text"]) & set(splits["test"]["text"])
 
 
-def test_cap_rows_is_seeded_and_keeps_order():
-    frame = pd.DataFrame({"row_id": [f"train-{i:06d}" for i in range(50)], "text": ["t"] * 50,
-                          "label": [i % 2 for i in range(50)]})
-    capped = cap_rows(frame, 10, seed=0)
-    assert len(capped) == 10 and capped["row_id"].is_monotonic_increasing
-    assert cap_rows(frame, 10, seed=0)["row_id"].tolist() == capped["row_id"].tolist()
-    assert cap_rows(frame, None, seed=0) is frame and cap_rows(frame, 80, seed=0) is frame
+def test_the_selection_rows_are_one_draw_never_from_test(tmp_path):
+    """extract_hidden and cls_features both take their rows from selection_samples: a stratified draw of the
+    prepared split, refused when a row is also a test row."""
+    frame = pd.DataFrame({"row_id": [f"train-{i:06d}" for i in range(40)], "text": [f"t{i}" for i in range(40)],
+                          "label": [i % 2 for i in range(40)]})
+    write_parquet(tmp_path / "train.parquet", frame)
+    write_parquet(tmp_path / "test.parquet", frame.assign(row_id=[f"test-{i:06d}" for i in range(40)]))
+    drawn = selection_samples(tmp_path / "train.parquet", tmp_path / "test.parquet", 10, 3, dataset="ds")
+    pd.testing.assert_frame_equal(drawn, stratified_sample(frame, 10, 3))
+    write_parquet(tmp_path / "test.parquet", frame.iloc[:25])  # a test split holding copies of train's rows
+    with pytest.raises(DatasetError, match=r"selection samples include \d+ test row"):
+        selection_samples(tmp_path / "train.parquet", tmp_path / "test.parquet", 40, 3, dataset="ds")
 
 
 # --- demo data ------------------------------------------------------------------------------------------

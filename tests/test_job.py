@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 
-CPU_SIDE = ["pifi.artifacts", "pifi.job", "pifi.data", "pifi.evaluation", "pifi.choice", "pifi.summary",
+CPU_SIDE = ["pifi.artifacts", "pifi.job", "pifi.data", "pifi.evaluation", "pifi.selection_record", "pifi.summary",
             "pifi.plots", "pifi.config"]
 
 

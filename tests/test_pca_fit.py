@@ -1,4 +1,4 @@
-"""The fit_pca rule's PCA (pifi.selection.fit_pcas) fits exactly the configured number of components,
+"""The fit_pca rule's PCA (pifi.selectors.pc_patching.fit_pcas) fits exactly the configured number of components,
 and they are the principal components: checked against an SVD computed here."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pifi.selection import effects_report, fit_pcas, load_pcas, patching_effect, save_pcas
+from pifi.selectors.pc_patching import effects_report, fit_pcas, load_pcas, patching_effect, save_pcas
 
 NUM_LAYERS, N_SAMPLES, HIDDEN = 3, 60, 10
 

@@ -12,7 +12,7 @@ from torch import nn
 from transformers import AutoModel, LlamaConfig, LlamaForCausalLM
 
 import pifi.plugged_layer as plugged_layer
-from pifi.plugged_layer import PluggedLayerError, build_plugged_layer, read_layer_tensors
+from pifi.plugged_layer import PluggedLayerError, build_plugged_layer
 
 
 def _reference_layer_output(full_model, layer: int, x: torch.Tensor) -> torch.Tensor:
@@ -205,11 +205,12 @@ def test_layer_1_never_reads_layer_13(monkeypatch, deep_llama_dir):
         torch.testing.assert_close(thirteen(x), _reference_layer_output(full, 13, x), atol=1e-5, rtol=1e-5)
 
 
-def test_read_layer_tensors_names_are_relative_to_the_layer(deep_llama_dir):
-    tensors = read_layer_tensors(deep_llama_dir, 1)
-    assert "mlp.up_proj.weight" in tensors and "input_layernorm.weight" in tensors
-    assert all(not name.startswith(("model.", "layers.")) for name in tensors)
-    assert len(tensors) == 9  # q, k, v, o, gate, up, down, two norms
+def test_a_plugged_layer_holds_exactly_its_decoder_layers_tensors(deep_llama_dir):
+    expected = AutoModel.from_pretrained(deep_llama_dir).layers[1].state_dict()
+    tensors = build_plugged_layer(deep_llama_dir, 1).layer.state_dict()
+    assert sorted(tensors) == sorted(expected) and len(tensors) == 9  # q, k, v, o, gate, up, down, two norms
+    for name, tensor in expected.items():
+        torch.testing.assert_close(tensors[name], tensor)
 
 
 @pytest.mark.parametrize("layer", [3, 17, -1])

@@ -12,7 +12,7 @@ from transformers import Qwen2Config, Qwen2Model
 
 from pifi.plugged_layer import build_plugged_layer
 from pifi.plugin_probe import PluginProbeParams, _linear_weight, plugged_layer_accuracy, score_plugged_layers
-from pifi.selection import best_layer
+from pifi.selectors import best_layer
 from pifi.selectors import score_plugged_layers as public_score_plugged_layers
 
 HIDDEN, D_SLM, N = 32, 16, 96

@@ -49,7 +49,7 @@ def test_real_models_select_a_layer_and_train(real_setup):
     from pifi.hidden import load_llm_for_states, pooled_layer_states
     from pifi.model import ModelSpec, build_classifier, count_parameters
     from pifi.plugged_layer import build_plugged_layer
-    from pifi.selection import best_layer, pc_patching_effects
+    from pifi.selectors import PATCHING, best_layer, score_layers
     from pifi.tokens import TokenizedSplit
     from pifi.training import TrainingConfig, predict_proba, train_classifier
 
@@ -65,7 +65,7 @@ def test_real_models_select_a_layer_and_train(real_setup):
                                  progress=False)
     assert states.shape == (30, N_ROWS, 576)
     assert torch.isfinite(states).all()
-    effects = pc_patching_effects(states.numpy(), sample["label"].to_numpy())
+    effects = score_layers(PATCHING, states.numpy(), sample["label"].to_numpy())
     assert len(effects) == 30
     for effect in effects:
         assert 0.0 <= effect <= 1.0

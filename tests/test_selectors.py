@@ -15,7 +15,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from pifi import selectors
-from pifi.selection import pc_patching_effects
+from pifi.selectors import _probes, logme
 from pifi.selectors import (
     SELECTORS,
     STATE_SELECTORS,
@@ -26,6 +26,7 @@ from pifi.selectors import (
     selection_stability,
     selector_params,
 )
+from pifi.selectors.pc_patching import layer_effects
 
 NUM_LAYERS, N_SAMPLES, HIDDEN = 4, 96, 20
 STRONG_LAYER, WEAK_LAYER = 2, 1
@@ -46,10 +47,10 @@ def make_layers(num_classes: int = 2, seed: int = 0) -> tuple[np.ndarray, np.nda
 
 # --- every selector -------------------------------------------------------------------------------------
 
-def test_selector_names():
-    assert STATE_SELECTORS == ("ilm_pc_patching", "probe_cv", "fisher", "silhouette", "mdl", "logme", "ilm_v2",
-                               "first", "last", "middle")
-    assert SELECTORS == (*STATE_SELECTORS, "plugin_probe")
+def test_every_shipped_selector_is_declared_once_the_default_first():
+    assert SELECTORS == ("ilm_pc_patching", "first", "fisher", "ilm_v2", "last", "logme", "mdl", "middle",
+                         "plugin_probe", "probe_cv", "silhouette")
+    assert STATE_SELECTORS == tuple(name for name in SELECTORS if name != "plugin_probe")
 
 
 def test_plugin_probe_is_not_scored_from_pooled_states():
@@ -96,12 +97,10 @@ def test_ilm_pc_patching_is_the_seed_score(monkeypatch):
     states, labels = make_layers(3, seed=3)
     kwargs = dict(n_pcs=6, top_pc=2, lambdas=(0.25, 1.0))
     result = score_layers_detailed("ilm_pc_patching", states, labels, **kwargs)
-    assert result.scores == pc_patching_effects(states, labels, **kwargs)
-    assert score_layers("ilm_pc_patching", states, labels) == pc_patching_effects(states, labels)
+    assert result.scores == [e.effect for e in layer_effects(states, labels, **kwargs)]
+    assert score_layers("ilm_pc_patching", states, labels) == [e.effect for e in layer_effects(states, labels)]
     assert result.converged == [True] * NUM_LAYERS
-    from pifi import selection
-
-    monkeypatch.setattr(selection, "PROBE_MAX_ITER", 2)
+    monkeypatch.setattr(_probes, "PROBE_MAX_ITER", 2)
     assert score_layers_detailed("ilm_pc_patching", states, labels, **kwargs).converged == [False] * NUM_LAYERS
 
 
@@ -130,7 +129,7 @@ def test_probe_cv_rejects_folds_the_classes_cannot_fill():
 
 def test_probe_convergence_is_recorded_and_never_printed(monkeypatch):
     states, labels = make_layers(3, seed=6)
-    monkeypatch.setattr(selectors, "PROBE_MAX_ITER", 2)
+    monkeypatch.setattr(_probes, "PROBE_MAX_ITER", 2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a ConvergenceWarning that escapes fails the test
         for name in ("probe_cv", "mdl"):
@@ -332,7 +331,7 @@ def test_stability_seed_also_seeds_the_selector(monkeypatch):
         seen.append((folds, seed))
         return [0.0] * len(layers), None, {}
 
-    recorder = selectors._Selector(recording_probe_cv, {"folds": 5, "seed": 0})
+    recorder = selectors.Selector("probe_cv", selectors.STATES, recording_probe_cv, {"folds": 5, "seed": 0})
     monkeypatch.setitem(selectors._REGISTRY, "probe_cv", recorder)
     states, labels = make_layers(seed=17)
     selection_stability("probe_cv", states, labels, resamples=2, seed=9, folds=3)
@@ -353,7 +352,7 @@ def test_selector_params_are_the_defaults_and_a_copy():
 
 def test_unknown_selector_lists_the_known_ones():
     states, labels = make_layers()
-    with pytest.raises(ValueError, match="unknown selector 'probe'.*probe_cv.*middle"):
+    with pytest.raises(ValueError, match="unknown selector 'probe'.*middle.*probe_cv"):
         score_layers("probe", states, labels)
     with pytest.raises(ValueError, match="unknown selector"):
         selector_params("nope")
@@ -419,7 +418,7 @@ def test_logme_with_more_features_than_samples_is_a_stationary_point_of_the_exac
     labels = np.arange(n) % 2
     x = rng.normal(size=(n, d)) + 1.5 * rng.normal(size=(2, d))[labels]
     y = labels.astype(float)
-    evidence, alpha, beta, converged = selectors._logme_evidence(x, y, max_iter=1000, tol=1e-12)
+    evidence, alpha, beta, converged = logme._logme_evidence(x, y, max_iter=1000, tol=1e-12)
     assert converged
     assert evidence == pytest.approx(direct_log_evidence(x, y, alpha, beta) / n, rel=1e-9)
     step = 1e-4

@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 
 from pifi.artifacts import read_json, write_json, write_parquet
-from pifi.choice import scores_report, selection_record
+from pifi.selection_record import scores_report, selection_record
 from pifi.evaluation import classification_metrics, predictions_frame
 from pifi.summary import Bootstrap, build_tables, correctness, load_runs, method_runs, sweep_judge
 from pifi.summary_text import STABLE_WIN_RATE, difference_text, markdown_report, win_rate_cell
@@ -99,7 +99,7 @@ def write_project(root, *, layers=(None, 0, 1, 2, 5), selector: str | None = "il
     for name in selectors:
         scores, converged = SCORES[name]
         fields = {"dataset": DATASET, "llm_type": LLM}
-        if name == "ilm_pc_patching":  # the seed's effects.json: it names the SLM, and has `effects`
+        if name == "ilm_pc_patching":  # the reference experiment's effects.json: it names the SLM, and has `effects`
             fields.update(slm_type=SLM, effects=scores, best_llm_layer=int(np.argmax(scores)))
         reports[name] = scores_report(name, scores, converged=converged, stability=STABILITY.get(name),
                                       params={}, **fields)

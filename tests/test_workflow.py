@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from pifi.model import ModelSpec
-from pifi.selection import load_pcas
+from pifi.selectors.pc_patching import load_pcas
 from tiny_project import LLM_LAYERS, REPO, leak_test_rows, write_tiny_project
 
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
@@ -272,7 +272,7 @@ def test_rerun_redoes_only_what_is_stale(project):
     assert scheduled_jobs(snakemake(workflow, workdir, *base).stdout) == {}
 
     # Touching code without changing it re-runs nothing.
-    (workflow / "src/pifi/selection.py").touch()
+    (workflow / "src/pifi/selectors/pc_patching.py").touch()
     (workflow / "workflow/scripts/train.py").touch()
     assert scheduled_jobs(snakemake(workflow, workdir, *base).stdout) == {}
 
@@ -304,6 +304,19 @@ def test_a_data_setting_for_one_dataset_re_plans_that_dataset_alone(project):
     everyone.write_text("data:\n  split_overlap: drop_test\n")
     plan = snakemake(workflow, workdir, "--configfile", str(config), str(everyone), "--dry-run").stdout
     assert scheduled_jobs(plan)["prepare_data"] == 2
+
+
+def test_a_training_cap_for_one_dataset_retrains_that_dataset_alone(project):
+    """datasets.<name>.max_train_samples (a large dataset beside small ones) is that dataset's training setting:
+    its runs are planned again, not its data, its states or the other dataset."""
+    workflow, workdir, config, _ = project
+    cap = workdir / "topics_cap.yaml"
+    cap.write_text("datasets:\n  topics:\n    max_train_samples: 32\n")
+    plan = snakemake(workflow, workdir, "--configfile", str(config), str(cap), "--dry-run").stdout
+    jobs = scheduled_jobs(plan)
+    assert jobs["train_base"] == 2 and jobs["train_pifi"] >= 2  # the two seeds of topics' base, its PiFi runs
+    assert not {"prepare_data", "tokenize", "extract_hidden", "fit_pca", "layer_scores", "select_layer"} & set(jobs)
+    assert "dataset=topics" in plan and "dataset=sentiment" not in plan
 
 
 def test_changing_the_selector_retrains_nothing_already_trained(project):

@@ -128,7 +128,7 @@ def write_tiny_project(root: Path, *, seeds: tuple[int, ...] = (1, 2),
                 "methods": ["base", "pifi_last", "pifi_ilm", "pifi_sweep"], "seeds": list(seeds)},
         "datasets": {task: {"source": "local", "path": str(root / "data" / task)} for task in KEYWORDS},
         "models": models,
-        # Four selectors keep the run short (each has its own unit tests): the seed's, a state one, a
+        # Four selectors keep the run short (each has its own unit tests): the reference experiment's, a state one, a
         # baseline, and plugin_probe, which has rules of its own (CLS vectors, per-layer plug-ins).
         "selection": {"n_samples": 48, "n_pcs": 4, "top_pc": 2, "max_length": 32, "batch_size": 16,
                       "stability_resamples": 3, "selectors": ["ilm_pc_patching", "fisher", "middle", "plugin_probe"],

@@ -236,11 +236,6 @@ def read_parquet(path: str | os.PathLike, columns: Iterable[str] | None = None) 
     return frame
 
 
-def verify_parquet(path: str | os.PathLike) -> None:
-    """Check a file from ``write_parquet`` (read and checksummed, no frame built); raise ``ArtifactError``."""
-    _verified_table(Path(path))
-
-
 def _verified_table(path: Path) -> Any:
     import pyarrow.parquet as pq
 

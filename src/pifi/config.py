@@ -14,8 +14,6 @@ from typing import Any
 
 import yaml
 
-from pifi.selectors import PLUGIN_PROBE, selector_params  # each selector's defaults, where it is declared
-
 # Registry keys become directory names under results/: no separators, no "..", no hidden files.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 REGISTRIES = ("datasets", "models")
@@ -187,29 +185,6 @@ def unsafe_names(config: Mapping[str, Any]) -> list[str]:
             if not SAFE_NAME.fullmatch(str(name))]
 
 
-def check_selection_limits(config: Mapping[str, Any]) -> None:
-    """Selection settings that contradict each other, refused before anything runs (never clamped)."""
-    s = config["selection"]
-    problems = []
-    if s["top_pc"] > s["n_pcs"]:
-        problems.append(f"selection.top_pc ({s['top_pc']}) is larger than selection.n_pcs ({s['n_pcs']}): "
-                        "only n_pcs components exist to patch")
-    if s["n_pcs"] > s["n_samples"]:
-        problems.append(f"selection.n_pcs ({s['n_pcs']}) is larger than selection.n_samples ({s['n_samples']}): "
-                        "PCA cannot find more components than samples")
-    subset = stability_subset_size(s)
-    if s["stability_resamples"] and s["n_pcs"] > subset:
-        problems.append(f"selection.n_pcs ({s['n_pcs']}) is larger than a stability subset "
-                        f"({subset} = stability_fraction x n_samples)")
-    if problems:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
-
-
-def stability_subset_size(selection: Mapping[str, Any]) -> int:
-    """Rows in each stability subset (as pifi.selectors.selection_stability draws them)."""
-    return max(2, int(round(selection["stability_fraction"] * selection["n_samples"])))
-
-
 def sweep_layer_set(sweep: Mapping[str, Any], depth: int) -> list[int]:
     """The layers a sweep trains: ``all`` every ``stride``-th layer from 0 plus the last, or a list.
 
@@ -227,62 +202,13 @@ def sweep_layer_set(sweep: Mapping[str, Any], depth: int) -> list[int]:
     return sorted(chosen)
 
 
-def check_data_limits(info: Mapping[str, Any], selection: Mapping[str, Any], selectors: list[str], *,
-                      dataset: str) -> None:
-    """Selection settings against a prepared dataset (prepare_data's info.json), refused before use.
-
-    n_samples must fit in the selection split, and probe_cv's folds need as many rows of the smallest
-    class in the sample and in each stability subset. Raises ConfigError naming every broken limit.
-    """
-    split = selection["split"]
-    counts = {int(k): int(v) for k, v in info["splits"][split]["label_counts"].items()}
-    rows, n = sum(counts.values()), selection["n_samples"]
-    problems = []
-    if n > rows:
-        problems.append(f"selection.n_samples is {n} but the {split} split of {dataset!r} has {rows} rows; "
-                        f"lower it to at most {rows}")
-    # The smallest class's share of a stratified draw of n rows (largest-remainder rounding gives at least
-    # this), and of a stability subset drawn from those rows (at random: allow for an unlucky draw).
-    smallest_class = min(n * c // rows for c in counts.values()) if rows else 0
-    subset = stability_subset_size(selection) if selection.get("stability_resamples") else n
-    # Selectors with a stratified k-fold; plugin_probe has no stability subsets (each one would retrain it).
-    for name in selectors:
-        folds = _selector_setting(selection, name, "folds", selector_params(name))
-        if folds is None:
-            continue
-        resampled = name != PLUGIN_PROBE
-        needed = folds if subset == n or not resampled else max(folds, int(folds * n / subset + 0.999))
-        if n <= rows and needed > smallest_class:
-            problems.append(f"selector {name}: {folds} folds need {folds} rows of every class in every (sub)sample, "
-                            f"but the smallest class of {dataset!r} gets about {smallest_class} of the {n} samples; "
-                            f"raise n_samples or lower selection.selector_params.{name}.folds")
-    if problems:
-        raise ConfigError(f"dataset {dataset!r}: selection limits broken:\n  " + "\n  ".join(problems))
+# Training settings a dataset's entry may set for its own runs (a large dataset beside small ones).
+PER_DATASET_TRAINING = ("max_train_samples", "max_eval_samples")
 
 
-def _selector_setting(selection: Mapping[str, Any], name: str, key: str, defaults: Mapping[str, Any]) -> Any:
-    """Selector ``name``'s ``key`` as the run uses it (selector_params over its declared default); None when
-    it has no such setting."""
-    if key not in defaults:
-        return None
-    return ((selection.get("selector_params") or {}).get(name) or {}).get(key, defaults[key])
-
-
-def check_llm_limits(manifest: Mapping[str, Any], selection: Mapping[str, Any], selectors: list[str]) -> None:
-    """Selection settings against an LLM's size (prepare_model's model.json), refused before use."""
-    hidden, name = manifest["hidden_size"], manifest["name"]
-    problems = []
-    if selection["n_pcs"] > hidden:
-        problems.append(f"selection.n_pcs ({selection['n_pcs']}) is larger than the hidden size {hidden} of {name!r}")
-    subset = stability_subset_size(selection) if selection.get("stability_resamples") else selection["n_samples"]
-    for selector in selectors:
-        components = _selector_setting(selection, selector, "n_components", selector_params(selector))
-        if components is not None and components > min(subset, hidden):
-            problems.append(f"selector {selector}: n_components {components} is more than a (sub)sample of {subset} "
-                            f"rows or the hidden size {hidden} of {name!r}; lower "
-                            f"selection.selector_params.{selector}.n_components")
-    if problems:
-        raise ConfigError(f"LLM {name!r}: selection limits broken:\n  " + "\n  ".join(problems))
+def dataset_training(training: Mapping[str, Any], spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The training settings of one dataset's runs: ``training.*``, with the dataset entry's caps over it."""
+    return {**training, **{key: spec[key] for key in PER_DATASET_TRAINING if key in spec}}
 
 
 def job_threads(share: str, *, cores: int, on_cpu: bool) -> int:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from pifi.artifacts import read_parquet
 from pifi.demo_data import demo_splits
 
 SPLITS = ("train", "validation", "test")
@@ -536,15 +537,16 @@ def stratified_sample(frame: pd.DataFrame, n: int, seed: int, *, where: str = ""
     return pd.concat(picked).sort_index().reset_index(drop=True)
 
 
+def selection_samples(split: str | Path, test: str | Path, n: int, seed: int, *, dataset: str) -> pd.DataFrame:
+    """The selection rows of a dataset: ``n`` rows of the prepared ``split`` file stratified by label, never a
+    test row. The one draw every rule that reads them makes (extract_hidden, cls_features): the same rows."""
+    samples = stratified_sample(read_parquet(split), n, seed, where=f"dataset {dataset!r} ({split})")
+    check_disjoint(samples, read_parquet(test, columns=["row_id"]), "selection samples", "test")
+    return samples
+
+
 def check_disjoint(rows: pd.DataFrame, other: pd.DataFrame, what: str, other_name: str) -> None:
     """Refuse rows that also appear (by row id) in another split, e.g. selection samples in test."""
     shared = set(rows["row_id"]) & set(other["row_id"])
     if shared:
         raise DatasetError(f"{what} include {len(shared)} {other_name} row(s), e.g. {sorted(shared)[:3]}")
-
-
-def cap_rows(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
-    """The first ``limit`` rows of a seeded shuffle (``max_train_samples``-style knobs for tiny runs)."""
-    if limit is None or limit >= len(frame):
-        return frame
-    return frame.sample(n=limit, random_state=seed).sort_index().reset_index(drop=True)

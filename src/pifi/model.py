@@ -86,21 +86,6 @@ def build_classifier(spec: ModelSpec, *, pretrained: bool = True) -> PiFiClassif
     return PiFiClassifier(encoder, spec.num_labels, spec.dropout, plug, llm_hidden)
 
 
-def load_classifier(spec: ModelSpec, state: dict[str, torch.Tensor]) -> PiFiClassifier:
-    """Rebuild a trained classifier from its spec and checkpoint tensors, checking every name and shape."""
-    model = build_classifier(spec, pretrained=False)
-    expected = model.trainable_state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    for name, tensor in state.items():
-        if tensor.shape != expected[name].shape:
-            raise ValueError(f"checkpoint tensor {name} has shape {tuple(tensor.shape)}, "
-                             f"model expects {tuple(expected[name].shape)}")
-    model.load_state_dict(state, strict=False)
-    return model
-
-
 def count_parameters(model: nn.Module) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -78,19 +78,6 @@ def _layer_tensor_names(files: dict[str, Path], layer: int, expected: set[str] |
                             f"{sorted(groups)}; pass the expected tensor names")
 
 
-def read_layer_tensors(model_dir: str | Path, layer: int,
-                       expected: set[str] | None = None) -> dict[str, torch.Tensor]:
-    """Read the tensors of decoder layer ``layer`` (names relative to the layer) and nothing else.
-
-    Checkpoints name them ``model.layers.3.mlp.up_proj.weight`` or ``layers.3...``; a multimodal
-    checkpoint also has e.g. ``vision_tower.encoder.layers.3...``. Names are grouped by the prefix
-    before ``layers.{layer}.`` and, given ``expected`` (the layer's own state-dict names), the one
-    group that matches it is read; names are listed from the headers, so nothing else is loaded.
-    """
-    _, chosen = _layer_tensor_names(_tensor_files(Path(model_dir)), layer, expected, model_dir)
-    return _read_tensors(chosen)
-
-
 class PluggedDecoderLayer(nn.Module):
     """Run one decoder layer on a length-1 sequence at position 0: B x H in, B x H out."""
 

@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pifi.plugged_layer import DecoderCheckpoint, PluggedDecoderLayer, plugged_layer_from
-from pifi.selectors import PluginProbeParams  # declared with the other selectors' settings
+from pifi.selectors.plugin_probe import PluginProbeParams  # declared with the selector (pifi/selectors/plugin_probe.py)
 
 __all__ = ["PluginProbeParams", "cls_vectors", "score_plugged_layers", "plugged_layer_accuracy"]
 

@@ -94,8 +94,8 @@ def any_not_converged(selectors: pd.DataFrame) -> bool:
 def convergence_note(code: Code = markdown_code) -> str:
     return ("¹ no = the selector's logistic-regression probe stopped at its iteration limit on at least one layer "
             "(scikit-learn's ConvergenceWarning), so its scores there may be less reliable. The limit is the "
-            f"constant {code('PROBE_MAX_ITER')} in {code('src/pifi/selection.py')} (ilm_pc_patching) and "
-            f"{code('src/pifi/selectors.py')} (probe_cv, mdl, ilm_v2); no config key sets it.")
+            f"constant {code('PROBE_MAX_ITER')} in {code('src/pifi/selectors/_probes.py')}, every probe's; no config "
+            "key sets it.")
 
 
 def is_unstable(win_rate: Any) -> bool:

@@ -10,14 +10,15 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from pifi.artifacts import ArtifactError, read_json, verify_safetensors
-from pifi.config import (ConfigError, check_config_keys, check_data_limits, check_llm_limits, check_run_names,
-                         check_selection_limits, coerce_command_line_strings, job_threads, sweep_layer_set)
+from pifi.config import (ConfigError, check_config_keys, check_run_names, coerce_command_line_strings,
+                         PER_DATASET_TRAINING, dataset_training, job_threads, sweep_layer_set)
+from pifi.selection_checks import check_data_limits, check_llm_limits, check_selection_limits, fill_selection_defaults
 from pifi.data import dataset_settings
 from pifi.gpu import count_gpus
 from pifi import run_plan
 from pifi.provenance import code_fingerprint
-# each with its own rules: PC patching (the reference experiment's file format) and the plug-in probe
-from pifi.selectors import PATCHING, PLUGIN_PROBE
+# Each selector is declared once (src/pifi/selectors/): what it reads decides its rule and score file.
+from pifi.selectors import NOTHING, PATCHING, PLUGGED, STATES, declared
 
 REPO = Path(workflow.basedir)
 LIBRARY = REPO / "src" / "pifi"
@@ -30,6 +31,7 @@ os.environ.setdefault("PIFI_REPO", str(REPO))
 config.update(coerce_command_line_strings(config, yaml.safe_load(SCHEMA.read_text())))
 check_config_keys(config, SCHEMA)  # unknown keys and unsafe names first, named plainly
 validate(config, schema=str(SCHEMA))  # types, ranges, defaults
+fill_selection_defaults(config)  # PC patching's and the selector list's, from the selectors' declarations
 check_run_names(config)
 check_selection_limits(config)  # limits that need no data (e.g. top_pc <= n_pcs)
 
@@ -111,7 +113,9 @@ def cpu_threads(share):
 
 
 def dataset_spec(wildcards):
-    return config["datasets"][wildcards.dataset]
+    """How a dataset is read, less its training caps (the training jobs' params: a new cap re-runs them alone)."""
+    spec = config["datasets"][wildcards.dataset]
+    return {key: value for key, value in spec.items() if key not in PER_DATASET_TRAINING}
 
 
 def model_spec(wildcards):
@@ -194,13 +198,19 @@ def selected_layers(dataset, slm, llm):
 
 
 def scores_file(dataset, slm, llm, selector):
-    """The seed's effects file for PC patching, one scores file per other selector (per SLM too for
-    plugin_probe, which trains on the SLM's CLS vectors; the others read only the LLM's states)."""
+    """The reference experiment's effects.json for PC patching, one scores file per other selector: per SLM
+    too for those that read the SLM's CLS vectors (PLUGGED), per LLM for those that read its states."""
     if selector == PATCHING:
         return f"results/selection/{dataset}/{slm}/{llm}/effects.json"
-    if selector == PLUGIN_PROBE:
-        return f"results/selection/{dataset}/{slm}/{llm}/scores/{PLUGIN_PROBE}.json"
+    if declared(selector).reads == PLUGGED:
+        return f"results/selection/{dataset}/{slm}/{llm}/scores/{selector}.json"
     return f"results/selection/{dataset}/{llm}/scores/{selector}.json"
+
+
+def selectors_reading(*what):
+    """The run's selectors that read one of ``what`` (STATES, PLUGGED, NOTHING), PC patching aside (its own
+    rules): a rule's wildcard constraint ("^$", matching nothing, when there is none)."""
+    return "|".join(re.escape(s) for s in SELECTORS if s != PATCHING and declared(s).reads in what) or "^$"
 
 
 def selection_scores(wildcards):
@@ -209,10 +219,6 @@ def selection_scores(wildcards):
 
 def selector_params(wildcards):
     return SELECTION["selector_params"].get(wildcards.selector, {})
-
-
-def plugin_probe_params(wildcards):
-    return SELECTION["selector_params"].get(PLUGIN_PROBE, {})
 
 
 def planned_layers(llm):

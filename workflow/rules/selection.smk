@@ -1,5 +1,5 @@
-# Selectors turn the cached pooled states into one score per layer (no SLM training): the seed's PC
-# patching (fit_pca + layer_effects, in the seed's file format) and the others (layer_scores);
+# Selectors turn the cached pooled states into one score per layer (no SLM training): the ILM reference
+# experiment's PC patching (fit_pca + layer_effects, in its file format) and the others (layer_scores);
 # plugin_probe instead trains PiFi's plug-in on the frozen SLM's CLS vectors through each layer.
 rule fit_pca:
     input:
@@ -57,7 +57,7 @@ rule layer_scores:
     benchmark:
         "results/benchmarks/selection/{dataset}/{llm}/{selector}.tsv"
     wildcard_constraints:
-        selector="|".join(re.escape(s) for s in SELECTORS if s not in (PATCHING, PLUGIN_PROBE)) or "^$",
+        selector=selectors_reading(STATES, NOTHING),
     params:
         selector_params=selector_params,
         seed=SELECTION["seed"],
@@ -100,14 +100,16 @@ rule plugin_probe:
         features=verified("results/features/{dataset}/{slm}/cls.safetensors"),
         llm=checked_llm_manifest,
     output:
-        scores=f"results/selection/{{dataset}}/{{slm}}/{{llm}}/scores/{PLUGIN_PROBE}.json",
+        scores="results/selection/{dataset}/{slm}/{llm}/scores/{selector}.json",
     threads: cpu_threads("large")
     log:
-        "results/logs/selection/{dataset}/{slm}/{llm}/plugin_probe.log",
+        "results/logs/selection/{dataset}/{slm}/{llm}/{selector}.log",
     benchmark:
-        "results/benchmarks/selection/{dataset}/{slm}/{llm}/plugin_probe.tsv"
+        "results/benchmarks/selection/{dataset}/{slm}/{llm}/{selector}.tsv"
+    wildcard_constraints:
+        selector=selectors_reading(PLUGGED),
     params:
-        selector_params=plugin_probe_params,
+        selector_params=selector_params,
         seed=SELECTION["seed"],
         device=config["device"],
         code=code_version("plugin_probe.py"),

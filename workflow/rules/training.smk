@@ -4,7 +4,8 @@
 # the layers tied with the oracle are judged on) and its timings apart, so that identical runs give
 # identical files everywhere else.
 TRAINING_PARAMS = dict(
-    training=config["training"],
+    # training.*, with the dataset's own max_train_samples / max_eval_samples over it (pifi.config)
+    training=lambda wildcards: dataset_training(config["training"], config["datasets"][wildcards.dataset]),
     device=config["device"],
     code=code_version("train.py"),
 )

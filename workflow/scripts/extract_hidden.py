@@ -2,8 +2,8 @@
 
 import time
 
-from pifi.artifacts import read_parquet, write_parquet
-from pifi.data import check_disjoint, stratified_sample
+from pifi.artifacts import write_parquet
+from pifi.data import selection_samples
 from pifi.hidden import llm_layer_states, save_states
 from pifi.job import job_device, release_device, start_job
 from pifi.model_sources import ModelRef
@@ -11,10 +11,8 @@ from pifi.model_sources import ModelRef
 log = start_job(snakemake)
 device = job_device(snakemake)
 p = snakemake.params
-source = read_parquet(snakemake.input.samples_from)
-samples = stratified_sample(source, p.n_samples, p.seed,
-                            where=f"dataset {snakemake.wildcards.dataset!r} ({snakemake.input.samples_from})")
-check_disjoint(samples, read_parquet(snakemake.input.test, columns=["row_id"]), "selection samples", "test")
+samples = selection_samples(snakemake.input.samples_from, snakemake.input.test, p.n_samples, p.seed,
+                            dataset=snakemake.wildcards.dataset)
 llm = ModelRef.from_manifest(snakemake.input.llm)
 texts = samples["text"] if "text_pair" not in samples else samples["text"] + " " + samples["text_pair"]
 started = time.perf_counter()

@@ -2,7 +2,7 @@
 
 from pifi.hidden import load_states
 from pifi.job import start_job
-from pifi.selection import fit_pcas, save_pcas
+from pifi.selectors.pc_patching import fit_pcas, save_pcas
 
 log = start_job(snakemake)
 states, _ = load_states(snakemake.input.states)

@@ -1,17 +1,17 @@
-"""The seed's PC-patching effect of every decoder layer, in the seed experiment's JSON format."""
+"""The PC-patching effect of every decoder layer, in the ILM reference experiment's JSON format."""
 
 from pifi.artifacts import write_json
-from pifi.choice import unconverged_layers
 from pifi.hidden import load_states
 from pifi.job import start_job
-from pifi.selection import effects_report, load_pcas, patching_effect
+from pifi.selection_record import unconverged_layers
 from pifi.selectors import PATCHING, selection_stability
+from pifi.selectors.pc_patching import effects_report, layer_effects, load_pcas
 
 log = start_job(snakemake)
 p, wc = snakemake.params, snakemake.wildcards
 states, labels = load_states(snakemake.input.states)
 pcas = load_pcas(snakemake.input.pca)
-effects = [patching_effect(x, labels, pca, top_pc=p.top_pc, lambdas=p.lambdas) for x, pca in zip(states, pcas)]
+effects = layer_effects(states, labels, pcas=pcas, top_pc=p.top_pc, lambdas=p.lambdas)  # fit_pca's PCA, fitted once
 n_pcs = pcas[0].components.shape[0]
 report = effects_report(
     effects, dataset=wc.dataset, slm_type=wc.slm, llm_type=wc.llm, n_samples=len(labels),

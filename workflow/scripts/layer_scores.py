@@ -1,9 +1,9 @@
 """One selector's score per decoder layer (higher = better), with its stability over subsets."""
 
 from pifi.artifacts import write_json
-from pifi.choice import scores_report, unconverged_layers
 from pifi.hidden import load_states
 from pifi.job import start_job
+from pifi.selection_record import scores_report, unconverged_layers
 from pifi.selectors import score_layers_detailed, selection_stability, selector_params
 
 log = start_job(snakemake)

@@ -1,8 +1,8 @@
 """Pick the layer pifi_ilm trains, and record every compared selector's choice."""
 
 from pifi.artifacts import read_json, write_json
-from pifi.choice import selection_record
 from pifi.job import start_job
+from pifi.selection_record import selection_record
 
 log = start_job(snakemake)
 wc = snakemake.wildcards

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pifi.choice import best_layer, choice, margin, scores_report, selection_record, unconverged_layers
+from pifi.selection_record import best_layer, choice, margin, scores_report, selection_record, unconverged_layers
 
 
 def test_best_layer_is_the_first_maximum():

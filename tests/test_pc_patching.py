@@ -11,21 +11,24 @@ import pytest
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 
-from pifi import selection
+from pifi.selectors import PATCHING, _probes, best_layer, score_layers, selection_margin
 from pifi.hidden import load_states, save_states
-from pifi.selection import (
+from pifi.selectors.pc_patching import (
     LayerPCA,
-    best_layer,
     effects_report,
     fit_layer_pca,
     layer_effects,
     load_pcas,
     patching_effect,
     pc_label_correlations,
-    pc_patching_effects,
     save_pcas,
-    selection_margin,
 )
+
+
+def patching_scores(states, labels, **params):
+    """One effect per layer through the registry, as the stability resamples and the leaderboard compute it."""
+    return score_layers(PATCHING, states, labels, **params)
+
 
 N_SAMPLES, HIDDEN, NUM_LAYERS, SIGNAL_LAYER = 200, 24, 4, 2
 
@@ -63,7 +66,7 @@ def reference_effects(states, labels, *, n_pcs=16, top_pc=5, lambdas=(0.5, 1.0))
 
 
 def seed_float32_effects(states, labels, *, n_pcs=16, top_pc=5, lambdas=(0.5, 1.0)) -> list[float]:
-    """The seed's code: float32 states straight into scikit-learn, no cast (drops counted in rows)."""
+    """The reference experiment's code: float32 states straight into scikit-learn, no cast (drops counted in rows)."""
     targets = [labels] if len(set(labels.tolist())) == 2 else [labels == k for k in sorted(set(labels.tolist()))]
     effects = []
     for x in states.astype(np.float32):
@@ -90,12 +93,12 @@ def make_layers(num_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray
     return states, labels
 
 
-# --- pc_patching_effects --------------------------------------------------------------------------------
+# --- the registry's PC-patching scores --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("num_classes", [2, 3])
 def test_effects_equal_the_reference_implementation(num_classes):
     states, labels = make_layers(num_classes)
-    effects = pc_patching_effects(states, labels)
+    effects = patching_scores(states, labels)
     expected = reference_effects(states, labels)
     assert len(effects) == NUM_LAYERS
     assert effects == pytest.approx(expected, abs=1e-12)
@@ -131,7 +134,7 @@ def test_float32_states_stay_float32_through_pca_and_probe(monkeypatch):
             seen.append(("predict", X.dtype))
             return super().predict(X)
 
-    monkeypatch.setattr(selection, "LogisticRegression", RecordingProbe)
+    monkeypatch.setattr(_probes, "LogisticRegression", RecordingProbe)
     patching_effect(x, labels, pca, top_pc=3, lambdas=(0.5, 1.0))
     assert seen == [("fit", np.float32)] + [("predict", np.float32)] * 3
 
@@ -139,7 +142,7 @@ def test_float32_states_stay_float32_through_pca_and_probe(monkeypatch):
 @pytest.mark.parametrize("num_classes", [2, 3])
 def test_effects_are_whole_rows(num_classes):
     states, labels = make_layers(num_classes, seed=1)
-    for effect in pc_patching_effects(states, labels):
+    for effect in patching_scores(states, labels):
         rows = effect * N_SAMPLES
         assert rows == pytest.approx(round(rows), abs=1e-9)
 
@@ -147,7 +150,7 @@ def test_effects_are_whole_rows(num_classes):
 def test_effects_with_other_settings_match_the_reference():
     states, labels = make_layers(3, seed=2)
     kwargs = dict(n_pcs=6, top_pc=2, lambdas=(0.25, 0.75, 1.5))
-    assert pc_patching_effects(states, labels, **kwargs) == pytest.approx(
+    assert patching_scores(states, labels, **kwargs) == pytest.approx(
         reference_effects(states, labels, **kwargs), abs=1e-12)
 
 
@@ -156,7 +159,7 @@ def test_lambda_order_and_the_floor_at_zero_match_the_reference(lambdas):
     """The effect is the max over lambdas whatever their order, and never negative (a negative lambda
     strengthens the label PCs, which can only help the probe)."""
     states, labels = make_layers(2, seed=9)
-    effects = pc_patching_effects(states, labels, lambdas=lambdas)
+    effects = patching_scores(states, labels, lambdas=lambdas)
     assert effects == pytest.approx(reference_effects(states, labels, lambdas=lambdas), abs=1e-12)
     assert min(effects) >= 0.0
     if lambdas == (1.0, 0.0):
@@ -177,21 +180,21 @@ def test_effect_is_the_max_over_lambdas_of_the_floored_drop():
 
 def test_list_of_arrays_equals_stacked_array():
     states, labels = make_layers(2, seed=4)
-    as_list = pc_patching_effects([layer for layer in states], labels.tolist())
-    as_array = pc_patching_effects(states, labels)
+    as_list = patching_scores([layer for layer in states], labels.tolist())
+    as_array = patching_scores(states, labels)
     assert as_list == as_array
 
 
 def test_rejects_states_that_are_not_three_dimensional():
     states, labels = make_layers(2)
     with pytest.raises(ValueError, match="L x N x H"):
-        pc_patching_effects(states[0], labels)
+        patching_scores(states[0], labels)
 
 
 def test_rejects_layers_with_a_wrong_number_of_rows():
     states, labels = make_layers(2)
     with pytest.raises(ValueError, match="one row per label"):
-        pc_patching_effects(states, labels[:-1])
+        patching_scores(states, labels[:-1])
 
 
 # --- correlations: constant sides give 0, never NaN -----------------------------------------------------
@@ -284,7 +287,7 @@ def test_patching_rejects_top_pc_above_the_fitted_pcs():
     with pytest.raises(ValueError, match=r"top_pc=5.*\(4\)"):
         patching_effect(states[0], labels, pca, top_pc=5, lambdas=(1.0,))
     with pytest.raises(ValueError, match="top_pc=6"):
-        pc_patching_effects(states, labels, n_pcs=5, top_pc=6)
+        patching_scores(states, labels, n_pcs=5, top_pc=6)
 
 
 # --- probe convergence: recorded per layer, never printed -----------------------------------------------
@@ -294,13 +297,13 @@ def test_probe_convergence_is_recorded_and_not_printed(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # any ConvergenceWarning that escapes fails the test
         assert all(r.converged for r in layer_effects(states, labels))
-        monkeypatch.setattr(selection, "PROBE_MAX_ITER", 2)
+        monkeypatch.setattr(_probes, "PROBE_MAX_ITER", 2)
         capped = layer_effects(states, labels)
     assert not any(r.converged for r in capped)
 
 
 @pytest.mark.parametrize("num_classes", [2, 3])
-def test_split_path_equals_pc_patching_effects(tmp_path, num_classes):
+def test_split_path_equals_patching_scores(tmp_path, num_classes):
     """extract_hidden -> fit_pca -> layer_effects (through the saved artifacts) == the one-call API."""
     states, labels = make_layers(num_classes, seed=8)
     import torch
@@ -312,7 +315,7 @@ def test_split_path_equals_pc_patching_effects(tmp_path, num_classes):
     split = [patching_effect(x, loaded_labels, pca, top_pc=5, lambdas=(0.5, 1.0))
              for x, pca in zip(loaded_states, pcas)]
     direct = layer_effects(loaded_states, loaded_labels)
-    assert [e.effect for e in split] == pc_patching_effects(loaded_states, loaded_labels)
+    assert [e.effect for e in split] == patching_scores(loaded_states, loaded_labels)
     assert [e.top_pcs for e in split] == [e.top_pcs for e in direct]
     assert [e.base_accuracy for e in split] == [e.base_accuracy for e in direct]
 

@@ -1,7 +1,7 @@
 """Selector score files and the selection file: what each selector chose, and how clearly.
 
 Every selector's file holds the same keys (``selector``, ``scores``, ``best_layer``, runner-up and
-margin, ``converged``, ``stability``); the seed's ``effects.json`` holds them too, after its own.
+margin, ``converged``, ``stability``); the reference experiment's ``effects.json`` holds them too, after its own.
 ``selection.json`` records every selector's choice and which one drives ``pifi_ilm``.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pifi.selection import best_layer
-from pifi.selection import selection_margin as margin  # one runner-up rule for every selector
+from pifi.selectors import best_layer
+from pifi.selectors import selection_margin as margin  # one runner-up rule for every selector
 
 
 def scores_report(selector: str, scores: Sequence[float], *, converged: Sequence[bool] | None,
@@ -32,7 +32,7 @@ CHOICE_RULES = ("argmax", "modal")
 
 
 def choice(report: Mapping[str, Any], rule: str = "argmax") -> dict[str, Any]:
-    """What one selector chose, from its score file (the seed's effects.json included).
+    """What one selector chose, from its score file (the reference experiment's effects.json included).
 
     ``rule`` (selection.choice): ``argmax`` = the best-scored layer; ``modal`` = the layer that won most
     stability resamples, where there are some (else the best-scored: a selector without resamples, or

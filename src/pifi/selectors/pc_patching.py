@@ -1,4 +1,4 @@
-"""ILM layer selection by layer-level PC patching (the seed experiment's algorithm).
+"""ilm_pc_patching: layer-level PC patching, the ILM reference experiment's algorithm (the default selector).
 
 For each decoder layer l with pooled states X_l (N x H) and labels y:
 1. PCA with ``n_pcs`` components (random_state=0): scores S (N x k), components U (k x H).
@@ -10,30 +10,33 @@ For each decoder layer l with pooled states X_l (N x H) and labels y:
    floored at 0.
 5. effect_l = max over lambdas; the best layer is the argmax (the first on ties).
 
-Everything runs in the states' own arithmetic (float32 for pooled hidden states, as in the seed's
-code): scikit-learn's PCA and LogisticRegression keep float32 input in float32. Only the Pearson
+Everything runs in the states' own arithmetic (float32 for pooled hidden states, as in the reference
+experiment's code): scikit-learn's PCA and LogisticRegression keep float32 input in float32. Only the Pearson
 correlations use float64 internally. Accuracies are counted in whole rows, so every effect is an
 exact multiple of 1/N.
 
 Whether each layer's probe converged is recorded (``LayerEffect.converged``) instead of printing
 scikit-learn's ConvergenceWarning once per fit.
+
+The rules fit the PCA once per layer (fit_pca) and pass it to ``layer_effects``; the registry's score (stability
+resamples, the leaderboard) fits it on the rows it is given: one implementation, one PCA per layer and draw.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.decomposition import PCA
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
+
+from pifi.selectors._declaration import STATES, Result, Selector, best_layer, selection_margin
+from pifi.selectors._probes import PROBE_MAX_ITER, ConvergenceWatch, logistic_probe
 
 STD_EPS = 1e-8
 PCA_RANDOM_STATE = 0
-PROBE_MAX_ITER = 1000  # the seed's LogisticRegression(max_iter=1000)
-SELECTOR = "ilm_pc_patching"
+# The reference experiment's settings: 16 PCs per layer, the 5 most label-correlated patched out, at two strengths.
+DEFAULTS = {"n_pcs": 16, "top_pc": 5, "lambdas": (0.5, 1.0)}
 
 
 @dataclass(frozen=True)
@@ -52,29 +55,6 @@ class LayerEffect:
     top_pcs: list[int]
     pc_label_correlation: list[float]
     converged: bool                 # did the probe's solver converge within PROBE_MAX_ITER
-
-
-class ConvergenceWatch:
-    """Context manager that catches scikit-learn's ConvergenceWarnings raised inside it.
-
-    None is printed (a probe per layer would print dozens); ``converged`` is False afterwards when
-    at least one was raised, so callers can record it and log one line. Other warnings pass through.
-    """
-
-    def __enter__(self) -> ConvergenceWatch:
-        self.converged = True
-        self._catcher = warnings.catch_warnings(record=True)
-        self._caught = self._catcher.__enter__()
-        warnings.simplefilter("always", ConvergenceWarning)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._catcher.__exit__(*exc_info)
-        for caught in self._caught:
-            if issubclass(caught.category, ConvergenceWarning):
-                self.converged = False
-            else:
-                warnings.warn_explicit(caught.message, caught.category, caught.filename, caught.lineno)
 
 
 def fit_layer_pca(states: np.ndarray, n_pcs: int) -> LayerPCA:
@@ -131,7 +111,7 @@ def patching_effect(
     top = np.argsort(-correlation, kind="stable")[:top_pc]
     removed = pca.scores[:, top] @ pca.components[top]
     with ConvergenceWatch() as watch:
-        probe = LogisticRegression(max_iter=PROBE_MAX_ITER).fit(states, labels)
+        probe = logistic_probe().fit(states, labels)
     n = len(labels)
     base_correct = int((probe.predict(states) == labels).sum())
     patched, best_drop = {}, 0
@@ -153,40 +133,33 @@ def _as_layers(states: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
 
 def layer_effects(
     states: np.ndarray | Sequence[np.ndarray], labels: np.ndarray | Sequence[int], *,
-    n_pcs: int = 16, top_pc: int = 5, lambdas: Sequence[float] = (0.5, 1.0),
+    n_pcs: int = DEFAULTS["n_pcs"], top_pc: int = DEFAULTS["top_pc"], lambdas: Sequence[float] = DEFAULTS["lambdas"],
+    pcas: Sequence[LayerPCA] | None = None,
 ) -> list[LayerEffect]:
-    """The full per-layer result (effect, probe accuracies, chosen PCs) for every layer."""
+    """The full per-layer result (effect, probe accuracies, chosen PCs) for every layer.
+
+    ``pcas``: each layer's PCA as fit_pca stored it (then ``n_pcs`` is theirs); else fitted here with ``n_pcs``.
+    """
     labels = np.asarray(labels)
     layers = _as_layers(states)
     if any(len(layer) != len(labels) for layer in layers):
         raise ValueError(f"every layer needs one row per label ({len(labels)} labels)")
-    return [patching_effect(layer, labels, fit_layer_pca(layer, n_pcs), top_pc=top_pc, lambdas=lambdas)
-            for layer in layers]
+    if pcas is None:
+        pcas = [fit_layer_pca(layer, n_pcs) for layer in layers]
+    elif len(pcas) != len(layers):
+        raise ValueError(f"{len(pcas)} PCAs for {len(layers)} layers: the PCA file is not these states'")
+    return [patching_effect(layer, labels, pca, top_pc=top_pc, lambdas=lambdas) for layer, pca in zip(layers, pcas)]
 
 
-def pc_patching_effects(
-    states: np.ndarray | Sequence[np.ndarray], labels: np.ndarray | Sequence[int], *,
-    n_pcs: int = 16, top_pc: int = 5, lambdas: Sequence[float] = (0.5, 1.0),
-) -> list[float]:
-    """One PC-patching effect per decoder layer, from L x N x H pooled states and integer labels."""
-    return [e.effect for e in layer_effects(states, labels, n_pcs=n_pcs, top_pc=top_pc, lambdas=lambdas)]
+def _score(layers: list[np.ndarray], labels: np.ndarray, *, n_pcs: int, top_pc: int,
+           lambdas: Sequence[float]) -> Result:
+    effects = layer_effects(layers, labels, n_pcs=n_pcs, top_pc=top_pc, lambdas=lambdas)
+    details = {"probe_accuracy": [e.base_accuracy for e in effects], "top_pcs": [e.top_pcs for e in effects]}
+    return [e.effect for e in effects], [e.converged for e in effects], details
 
 
-def best_layer(effects: Sequence[float]) -> int:
-    """The layer with the largest effect, the first on ties."""
-    return int(np.argmax(np.asarray(effects)))
-
-
-def selection_margin(effects: Sequence[float]) -> dict[str, float | int | None]:
-    """How clearly the best layer wins: the runner-up and the gap to it."""
-    effects = np.asarray(effects, dtype=np.float64)
-    best = best_layer(effects)
-    if len(effects) < 2:
-        return {"runner_up_layer": None, "margin": None}
-    rest = effects.copy()
-    rest[best] = -np.inf
-    runner_up = int(np.argmax(rest))
-    return {"runner_up_layer": runner_up, "margin": float(effects[best] - effects[runner_up])}
+SELECTOR = Selector("ilm_pc_patching", STATES, _score, DEFAULTS,
+                    "the ILM reference experiment's PC patching: the probe's accuracy drop without the top PCs")
 
 
 def save_pcas(path, pcas: Sequence[LayerPCA]) -> None:
@@ -213,7 +186,7 @@ def load_pcas(path) -> list[LayerPCA]:
 
 
 def effects_report(effects: Sequence[LayerEffect], **fields) -> dict:
-    """The per-layer effect file: the seed experiment's keys first, then the details behind them."""
+    """The per-layer effect file: the reference experiment's keys first, then the details behind them."""
     values = [e.effect for e in effects]
     report = {
         "task": "classification",
@@ -239,7 +212,7 @@ def effects_report(effects: Sequence[LayerEffect], **fields) -> dict:
         # transformers returns the last layer's state after the final norm: not on the others' scale.
         "last_layer_post_norm": True,
         # The keys every selector's score file shares (see pifi.selectors).
-        "selector": SELECTOR,
+        "selector": SELECTOR.name,
         "scores": values,
     })
     return report
