@@ -11,9 +11,11 @@ from torch import nn
 from transformers import Qwen2Config, Qwen2Model
 
 from pifi.plugged_layer import build_plugged_layer
-from pifi.plugin_probe import PluginProbeParams, _linear_weight, plugged_layer_accuracy, score_plugged_layers
+from pifi.plugin_probe import _linear_weight, plugged_layer_accuracy
+from pifi.plugin_probe import score_plugged_layers as train_and_score
+from pifi.selectors.plugin_probe import PluginProbeParams
 from pifi.selectors import best_layer
-from pifi.selectors import score_plugged_layers as public_score_plugged_layers
+from pifi.selectors import score_plugged_layers
 
 HIDDEN, D_SLM, N = 32, 16, 96
 IDENTITY_LAYER = 1
@@ -75,7 +77,7 @@ def test_plugin_probe_is_deterministic_and_scores_only_the_layers_asked(construc
     features, labels = separable(seed=1)
     first = score_plugged_layers(features, labels, constructed_llm, layers=[2, 1], epochs=3)
     assert first == score_plugged_layers(features, labels, constructed_llm, layers=[2, 1], epochs=3)
-    assert first == public_score_plugged_layers(features, labels, constructed_llm, layers=[2, 1], epochs=3)
+    assert first == train_and_score(features, labels, constructed_llm, PluginProbeParams(epochs=3), layers=[2, 1])
     assert len(first) == 2 and first[1] > first[0]
 
 

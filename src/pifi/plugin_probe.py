@@ -22,6 +22,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,9 +31,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from pifi.plugged_layer import DecoderCheckpoint, PluggedDecoderLayer, plugged_layer_from
-from pifi.selectors.plugin_probe import PluginProbeParams  # declared with the selector (pifi/selectors/plugin_probe.py)
 
-__all__ = ["PluginProbeParams", "cls_vectors", "score_plugged_layers", "plugged_layer_accuracy"]
+__all__ = ["cls_vectors", "score_plugged_layers", "plugged_layer_accuracy"]
+
+# ``settings`` below is the selector's PluginProbeParams (declared with it, pifi/selectors/plugin_probe.py,
+# which calls this module): folds, inits, epochs, batch_size, learning_rate, label_smoothing, dropout,
+# grad_clip, seed, score.
 
 
 def _linear_weight(fan_in: int, fan_out: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,14 +88,14 @@ class _StackedPlugins(nn.Module):
             g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
 
 
-def _fold_rows(labels: np.ndarray, params: PluginProbeParams) -> list[tuple[np.ndarray, np.ndarray]]:
+def _fold_rows(labels: np.ndarray, params: Any) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train rows, held-out rows) per model: the k stratified folds, repeated for each initialisation."""
     folds = list(StratifiedKFold(params.folds, shuffle=True, random_state=params.seed).split(labels, labels))
     return [fold for _ in range(params.inits) for fold in folds]
 
 
 def plugged_layer_accuracy(features: torch.Tensor, labels: torch.Tensor, plug: PluggedDecoderLayer,
-                           d_llm: int, params: PluginProbeParams, *, device: torch.device | str = "cpu",
+                           d_llm: int, params: Any, *, device: torch.device | str = "cpu",
                            ) -> dict[str, list[float]]:
     """Train the folds x inits plug-ins on one layer; their held-out accuracies and losses (one per model)."""
     device = torch.device(device)
@@ -134,19 +138,18 @@ def plugged_layer_accuracy(features: torch.Tensor, labels: torch.Tensor, plug: P
 
 
 def score_plugged_layers(features: np.ndarray | torch.Tensor, labels: Sequence[int] | np.ndarray,
-                         llm_path: str | Path, *, layers: Sequence[int] | None = None,
+                         llm_path: str | Path, settings: Any, *, layers: Sequence[int] | None = None,
                          device: torch.device | str = "cpu", trust_remote_code: bool = False,
-                         progress: bool = False, details: dict | None = None, **params) -> list[float]:
+                         progress: bool = False, details: dict | None = None) -> list[float]:
     """One score per layer (higher = better): PiFi's plug-in and head trained on ``features`` through that
     frozen layer of the LLM in ``llm_path``, mean held-out accuracy over folds x initialisations (with
     ``score="loss"``: minus the mean held-out loss of the same models).
 
     features: N x d_slm CLS vectors of the selection rows (never test rows); labels: N ints (0..C-1);
-    layers: which decoder layers (default: all, in order). ``params`` override ``PluginProbeParams``.
-    Deterministic for fixed params on one device. Pass a dict as ``details`` to get the per-model
-    accuracies and losses of every layer.
+    layers: which decoder layers (default: all, in order); settings: the selector's PluginProbeParams
+    (``pifi.selectors.score_plugged_layers`` takes them as keywords). Deterministic for fixed settings on one
+    device. Pass a dict as ``details`` to get the per-model accuracies and losses of every layer.
     """
-    settings = PluginProbeParams(**params)
     features = torch.as_tensor(np.asarray(features, dtype=np.float32))
     labels_np = np.asarray(labels)
     if features.ndim != 2 or features.shape[0] != len(labels_np):

@@ -31,7 +31,7 @@ import numpy as np
 from sklearn.decomposition import PCA
 
 from pifi.selectors._declaration import STATES, Result, Selector, best_layer, selection_margin
-from pifi.selectors._probes import PROBE_MAX_ITER, ConvergenceWatch, logistic_probe
+from pifi.selectors._probes import ConvergenceWatch, logistic_probe
 
 STD_EPS = 1e-8
 PCA_RANDOM_STATE = 0

@@ -42,10 +42,16 @@ class PluginProbeParams:
                 raise ValueError(f"plugin_probe: {name}={getattr(self, name)} must be at least 1")
 
 
-def _score(features, labels, llm_path, **params: Any) -> list[float]:
-    from pifi.plugin_probe import score_plugged_layers
+# How a call is run, not what is scored: passed to the training as they are.
+_RUN_OPTIONS = ("layers", "device", "trust_remote_code", "progress", "details")
 
-    return score_plugged_layers(features, labels, llm_path, **params)
+
+def _score(features, labels, llm_path, **kwargs: Any) -> list[float]:
+    """Scores per layer; ``kwargs``: PluginProbeParams fields (an unknown one is a TypeError) and run options."""
+    from pifi.plugin_probe import score_plugged_layers  # torch: only when a layer is scored
+
+    options = {key: kwargs.pop(key) for key in _RUN_OPTIONS if key in kwargs}
+    return score_plugged_layers(features, labels, llm_path, PluginProbeParams(**kwargs), **options)
 
 
 def _check(params: dict[str, Any], labels: np.ndarray) -> None:
