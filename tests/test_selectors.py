@@ -448,6 +448,22 @@ def test_ilm_v2_is_the_weighted_scaled_score_times_the_depth_penalty():
     assert score_layers("ilm_v2", layers, labels, depth_penalty=0.0) == pytest.approx([0.0, 1.0, 1.0])
 
 
+def test_ilm_v2_weighs_probe_fisher_and_silhouette_0_4_0_3_0_3():
+    """Recomputed by hand from its own components, on layers where they rank the layers differently."""
+    states, labels = make_layers(seed=5)
+    result = score_layers_detailed("ilm_v2", states, labels)
+
+    def scaled(values):
+        values = np.asarray(values, dtype=float)
+        return (values - values.min()) / (values.max() - values.min())
+
+    parts = {name: scaled(result.details[name]) for name in ("probe_accuracy", "fisher", "silhouette")}
+    assert not np.allclose(parts["probe_accuracy"], parts["fisher"])  # else the weights could not show
+    depth = np.arange(NUM_LAYERS) / (NUM_LAYERS - 1)
+    expected = (0.4 * parts["probe_accuracy"] + 0.3 * parts["fisher"] + 0.3 * parts["silhouette"]) * (1 - 0.3 * depth)
+    assert result.scores == pytest.approx(expected.tolist())
+
+
 def test_ilm_v2_components_are_computed_on_l2_normalised_states():
     states, labels = make_layers(seed=4)
     norms = np.random.default_rng(0).uniform(0.1, 10, size=(1, N_SAMPLES, 1))
