@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from pifi.model import ModelSpec
+from pifi.selectors import SELECTORS
 from pifi.selectors.pc_patching import load_pcas
 from tiny_project import LLM_LAYERS, REPO, leak_test_rows, write_tiny_project
 
@@ -607,7 +608,9 @@ def test_identical_runs_write_identical_artifacts(tmp_path):
     small = yaml.safe_load(config.read_text())
     demo, real = (yaml.safe_load((REPO / name).read_text()) for name in ("configs/demo.yaml", "config.yaml"))
     small["run"]["methods"] = demo["run"]["methods"]
-    small["selection"]["selectors"] = demo.get("selection", {}).get("selectors", real["selection"]["selectors"])
+    # neither config lists selectors: the demo computes every declared one, the default
+    assert "selectors" not in demo.get("selection", {}) and "selectors" not in real["selection"]
+    small["selection"]["selectors"] = list(SELECTORS)
     assert len(small["selection"]["selectors"]) == 11
     config.write_text(yaml.safe_dump(small, sort_keys=False))
     second.mkdir()
