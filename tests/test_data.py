@@ -670,7 +670,7 @@ def test_overlap_line_names_counts_splits_and_setting():
     overlap = {"mode": "warn", "train_validation": 2, "train_test": 6, "validation_test": 0, "test_rows_dropped": 0}
     assert overlap_line("ds", overlap, test_rows=30) == (
         "PiFi data ds: texts shared between splits: 6 test row(s) also in train, 2 validation row(s) also in train "
-        "(30 test rows kept; data.split_overlap: warn)")
+        "(30 test rows kept; split_overlap: warn; datasets.ds.split_overlap: drop_test drops them)")
     clean = {"mode": "warn", "train_validation": 0, "train_test": 0, "validation_test": 0, "test_rows_dropped": 0}
     assert overlap_line("ds", clean, test_rows=30) is None
 

@@ -516,7 +516,8 @@ def test_test_rows_shared_with_train_are_a_warning_in_the_verdict(project, tmp_p
          "test_rows_dropped": 0, "split_overlap": "warn"}]
     warning = "Warning: test rows share their text with train (3) or validation (2) of 50"
     verdict = next(line for line in markdown_report(tables).splitlines() if line.startswith(f"- **{DATASET}**"))
-    assert warning in verdict and verdict.endswith("(`data.split_overlap: warn`): the test score partly measures memory.")
+    assert warning in verdict and verdict.endswith(f"(`split_overlap: warn`; `datasets.{DATASET}.split_overlap: drop_test` drops them): the test "
+                                        "score partly measures memory.")
     page = report_page(tables, run={"datasets": [DATASET], "slms": [SLM], "llms": [LLM], "methods": ALL_METHODS,
                                     "seeds": [1, 2, 3]}, selection={"selector": "ilm_pc_patching", "selectors": [], "n_samples": 40,
                                                "split": "train"})

@@ -340,12 +340,13 @@ def test_changing_the_selector_retrains_nothing_already_trained(project):
 def test_test_rows_copied_from_train_are_shown_on_the_console_in_the_verdict_and_the_report(project):
     _, workdir, _, log = project
     assert ("PiFi data topics: texts shared between splits: "
-            f"{LEAKED_TEST_ROWS} test row(s) also in train (96 test rows kept; data.split_overlap: warn)") in log
+            f"{LEAKED_TEST_ROWS} test row(s) also in train (96 test rows kept; split_overlap: warn; "
+            "datasets.topics.split_overlap: drop_test drops them)") in log
     assert "PiFi data sentiment" not in log  # a clean dataset says nothing
     warning = f"Warning: test rows share their text with train ({LEAKED_TEST_ROWS}) or validation (0) of 96"
     verdicts = (workdir / "results/summary/summary.md").read_text().split("## Methods")[0]
     topics = next(line for line in verdicts.splitlines() if line.startswith("- **topics**"))
-    assert warning in topics and "`data.split_overlap: warn`" in topics
+    assert warning in topics and "(`split_overlap: warn`; `datasets.topics.split_overlap: drop_test` drops them)" in topics
     assert not any(warning in line for line in verdicts.splitlines() if line.startswith("- **sentiment**"))
     page = (workdir / "results/summary/report.rst").read_text()
     assert warning in page.split("\nMethods\n")[0]

@@ -431,9 +431,10 @@ def split_overlap(splits: Mapping[str, pd.DataFrame], name: str, mode: str = "wa
         if mode == "drop_test":
             out["test"] = test[~leaked.to_numpy()].reset_index(drop=True)
             report["test_rows_dropped"] = count
-            logger.warning("%s; dropped those test rows (data.split_overlap: drop_test)", what)
+            logger.warning("%s; dropped those test rows (split_overlap: drop_test)", what)
         else:
-            logger.warning("%s; kept (data.split_overlap: warn; error or drop_test to act on it)", what)
+            logger.warning("%s; kept (split_overlap: warn; %s drops them, error stops)", what,
+                           _fix(name, "split_overlap", "drop_test"))
     return out, report
 
 
@@ -446,8 +447,9 @@ def overlap_line(name: str, overlap: Mapping[str, Any], *, test_rows: int) -> st
         parts.append(f"{overlap['test_rows_dropped']} test row(s) dropped")
     if not parts:
         return None
+    fix = "" if overlap["mode"] == "drop_test" else f"; {_fix(name, 'split_overlap', 'drop_test')} drops them"
     return (f"PiFi data {name}: texts shared between splits: {', '.join(parts)} ({test_rows} test rows kept; "
-            f"data.split_overlap: {overlap['mode']})")
+            f"split_overlap: {overlap['mode']}{fix})")
 
 
 def prepare_dataset(

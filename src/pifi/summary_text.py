@@ -168,14 +168,15 @@ def _overlap_sentence(checks: pd.DataFrame | None, dataset: str, code: Code) -> 
     if checks is None or not len(checks) or dataset not in set(checks["dataset"]):
         return ""
     r = checks[checks["dataset"] == dataset].iloc[0]
-    setting = code(f"data.split_overlap: {r['split_overlap']}")
+    setting = code(f"split_overlap: {r['split_overlap']}")
     if int(r["test_rows_dropped"]):
         return (f" Warning: {int(r['test_rows_dropped'])} test row(s) shared their text with train or validation "
                 f"and were dropped ({setting}).")
     if not int(r["train_test"]) and not int(r["validation_test"]):
         return ""
     return (f" Warning: test rows share their text with train ({int(r['train_test'])}) or validation "
-            f"({int(r['validation_test'])}) of {int(r['test_rows'])} ({setting}): the test score partly measures "
+            f"({int(r['validation_test'])}) of {int(r['test_rows'])} ({setting}; "
+            f"{code(f'datasets.{dataset}.split_overlap: drop_test')} drops them): the test score partly measures "
             "memory.")
 
 
