@@ -112,7 +112,7 @@ def coerce_command_line_strings(config: Any, schema: Mapping[str, Any], root: Ma
 
 
 def _yaml_scalar(value: Any) -> Any:
-    """A free-form setting (``selector_params: {probe_cv: {folds: 3}}``): numbers and booleans from
+    """A free-form setting (``selector_params: {<selector>: {folds: 3}}``): numbers and booleans from
     ``--config`` strings, recursively; other strings stay strings."""
     if isinstance(value, Mapping):
         return {key: _yaml_scalar(item) for key, item in value.items()}

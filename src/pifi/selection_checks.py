@@ -78,7 +78,7 @@ def check_data_limits(info: Mapping[str, Any], selection: Mapping[str, Any], sel
                       dataset: str) -> None:
     """Selection settings against a prepared dataset (prepare_data's info.json), refused before use.
 
-    n_samples must fit in the selection split, and probe_cv's folds need as many rows of the smallest
+    n_samples must fit in the selection split, and a selector's folds need as many rows of the smallest
     class in the sample and in each stability subset. Raises ConfigError naming every broken limit.
     """
     split = selection["split"]

@@ -136,7 +136,7 @@ def slm_manifest(wildcards):
 
 def llm_facts(llm):
     """An LLM's manifest, once prepare_model (a checkpoint) has described it; the selection settings
-    that depend on its size (n_pcs, silhouette components) are checked here, before any job needs them."""
+    that depend on its size (n_pcs, a selector's n_components) are checked here, before any job needs them."""
     path = checkpoints.prepare_model.get(model=llm).output.manifest
     with stop_on(ArtifactError):  # a changed manifest stops the run with one line naming it
         manifest = read_json(path)
