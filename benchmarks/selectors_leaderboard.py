@@ -14,7 +14,8 @@ layer, as the oracle is the best swept layer), regret on test with its paired in
 layer is tied with the best: a *hit*), Spearman rho and Kendall tau with the sweep's validation
 accuracy, oracle in its top 3, and its cost next to one PiFi training run. Variants judged beside the
 selectors: ``<selector>+modal`` (the swept layer that won most stability resamples, selection.choice:
-modal) and ``plugin_probe+loss`` (the same trained plug-ins scored by held-out loss). Across datasets,
+modal) and ``plugin_probe+loss`` (the same trained plug-ins scored by held-out loss; likewise for
+``plugin_probe_finetuned``, whose cost includes the base run it reads). Across datasets,
 only informative ones count, and the rule for changing the defaults is applied as stated in the README.
 """
 
@@ -32,7 +33,8 @@ import torch
 from pifi.artifacts import read_json, read_parquet, write_json
 from pifi.hidden import load_states
 from pifi.race import RaceSettings, histories_from_files, replay
-from pifi.selectors import NOTHING, PATCHING, PLUGGED, PLUGIN_PROBE, best_layer, declared, score_layers
+from pifi.selectors import NOTHING, PATCHING, PLUGGED, best_layer, declared, score_layers
+from pifi.selectors.plugin_probe import reads_finetuned
 from pifi.stats import in_top, kendall, spearman
 from pifi.summary import Bootstrap, is_tied, load_runs, read_selections, regret, sweep_judge
 
@@ -107,7 +109,11 @@ def dataset_entry(project: Project, judge: dict, swept: list[int], boot: Bootstr
     selection = read_json(p.selection / p.slm / p.llm / "selection.json")
     for name in selection["choices"]:
         report = p.scores(name)
-        if declared(name).reads == PLUGGED:
+        if declared(name).reads == PLUGGED and reads_finetuned(report["params"]):  # + the base run it reads
+            seconds = (p.seconds("features", p.dataset, f"{p.slm}.finetuned.tsv")
+                       + p.seconds("runs", p.dataset, p.slm, "base", f"seed{seeds[0]}", "train.tsv")
+                       + p.seconds("selection", p.dataset, p.slm, p.llm, f"{name}.tsv"))
+        elif declared(name).reads == PLUGGED:
             seconds = p.seconds("features", p.dataset, f"{p.slm}.tsv") + p.seconds(
                 "selection", p.dataset, p.slm, p.llm, f"{name}.tsv")
         elif declared(name).reads == NOTHING:
@@ -121,7 +127,7 @@ def dataset_entry(project: Project, judge: dict, swept: list[int], boot: Bootstr
         win_rate = (report.get("stability") or {}).get("win_rate")
         if win_rate is not None:  # selection.choice: modal
             variants[f"{name}+modal"] = {**judged_layer(modal_swept_layer(win_rate, swept)), **cost}
-        if name == PLUGIN_PROBE:  # the same trained plug-ins scored by held-out loss (score: loss)
+        if declared(name).reads == PLUGGED:  # the same trained plug-ins scored by held-out loss (score: loss)
             losses = report["details"]["held_out_loss"]
             variants[f"{name}+loss"] = {**judged([-loss for loss in losses]), **cost}
     histories = histories_from_files({(layer, seed): p.run_dir(layer, seed) / "history.json"
@@ -222,11 +228,32 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def merge_boards(entries: dict[str, dict], boards: list[Path]) -> dict[str, dict]:
+    """Add to ``entries`` the datasets of earlier boards that this project did not run (a board is
+    hours of CPU: one dataset can run per session or machine), each as that board judged it; returns
+    where each came from (file, commit, date), so that the means and the rule say what they rest on."""
+    merged = {}
+    for path in boards:
+        board = read_json(path)
+        for dataset in board["datasets"]:
+            if dataset in entries:
+                continue  # this project's own judgement wins
+            rows = board[dataset]
+            entries[dataset] = {**board["sweeps"][dataset],
+                                "selectors": {k: v for k, v in rows.items() if "+" not in k},
+                                "variants": {k: v for k, v in rows.items() if "+" in k}}
+            merged[dataset] = {"file": path.name, "git_commit": board["machine"].get("git_commit"),
+                               "date_utc": board["machine"].get("date_utc"), "load": board["machine"].get("load")}
+    return merged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("project", type=Path, help="the finished leaderboard project (snakemake --directory)")
     parser.add_argument("--out", type=Path, default=RESULTS / "selectors_leaderboard.json")
     parser.add_argument("--load", default="quiet", help="what else ran on the machine meanwhile (recorded)")
+    parser.add_argument("--merge", type=Path, nargs="*", default=[],
+                        help="earlier boards (this script's JSON, the same recipe) whose datasets this project lacks")
     args = parser.parse_args()
     results = args.project / "results"
     # Judged on what the summary was computed from (its runs, selections and bootstrap), not on whatever
@@ -249,10 +276,11 @@ def main() -> None:
               f" ({'informative' if e['informative'] else 'uninformative'}), oracle layer {e['oracle_layer']}, tied "
               f"{e['tied_layers']}, race layer {e['race']['layer']} at {e['race']['cost_fraction']:.0%}; one training "
               f"run {e['one_training_run_seconds']} s", flush=True)
+    merged = merge_boards(entries, args.merge)
     table = overall(entries)
-    selectors = list(next(iter(entries.values()))["selectors"]) if entries else []
+    selectors = list(dict.fromkeys(name for entry in entries.values() for name in entry["selectors"]))
     report = {"datasets": sorted(entries), "machine": {**machine_info(torch.device("cpu")), "load": args.load},
-              "project": str(args.project), "overall": table,
+              "project": str(args.project), "merged": merged, "overall": table,
               "rule": default_rule(table, sum(e["informative"] for e in entries.values()), selectors)}
     # Per dataset, per selector: layer, tied, regret, regret_ci, rho, tau, top3, seconds; the dataset's
     # majority, rows, oracle, tied set, race and costs under "sweeps".

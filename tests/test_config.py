@@ -217,3 +217,24 @@ def test_a_string_that_is_no_number_is_left_for_the_schema_to_refuse(schema, con
 ])
 def test_job_threads_scale_with_the_cores_on_cpu_only(share, cores, on_cpu, threads):
     assert job_threads(share, cores=cores, on_cpu=on_cpu) == threads
+
+
+def test_selectors_all_adds_the_opt_in_selectors_and_other_words_are_refused(schema, config):
+    """selection.selectors: left out = the selectors declared to run by default; `all` = every declared
+    one, the opt-in plugin_probe_finetuned too; another word is no list and is refused by the schema."""
+    from pifi.selection_checks import fill_selection_defaults
+    from pifi.selectors import ALL_SELECTORS, SELECTORS
+
+    left_out = copy.deepcopy(config)
+    fill_selection_defaults(left_out)
+    assert left_out["selection"]["selectors"] == list(SELECTORS)
+    everything = copy.deepcopy(config)
+    everything["selection"]["selectors"] = "all"
+    jsonschema.validate(everything, schema)
+    fill_selection_defaults(everything)
+    assert everything["selection"]["selectors"] == list(ALL_SELECTORS)
+    assert set(ALL_SELECTORS) - set(SELECTORS) == {"plugin_probe_finetuned"}
+    wrong = copy.deepcopy(config)
+    wrong["selection"]["selectors"] = "every"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(wrong, schema)

@@ -162,3 +162,58 @@ def test_stacked_training_equals_independent_runs_with_per_model_clipping(tiny_q
     assert stacked == pytest.approx(expected, rel=1e-5)
     untrained = independent_runs(features, labels, plug, PluginProbeParams(**{**vars(params), "epochs": 0}), folds)
     assert np.mean(expected) < np.mean(untrained) - 0.01  # it trained: held-out loss fell
+
+
+# --- features: finetuned ---------------------------------------------------------------------------------
+
+def test_finetuned_cls_vectors_are_those_of_the_base_runs_encoder(tmp_path):
+    """cls_features_finetuned's vectors: the encoder of a base run's checkpoint, loaded through its spec,
+    not the pretrained SLM's; a checkpoint that does not fit the spec is refused naming the file."""
+    import pandas as pd
+
+    from pifi.artifacts import ArtifactError, write_safetensors
+    from pifi.model import ModelSpec, build_classifier
+    from pifi.trained_runs import load_trained_classifier
+    from pifi.plugin_probe import cls_vectors
+    from tiny_project import write_tiny_models
+
+    texts = ["good film", "bad film", "great plot", "awful plot"]
+    slm = write_tiny_models(tmp_path, texts)["tiny_bert"]
+    spec = ModelSpec(method="base", slm_path=str(slm), num_labels=2)
+    torch.manual_seed(0)
+    trained = build_classifier(spec)
+    with torch.no_grad():  # what fine-tuning does to the encoder, in one step
+        for parameter in trained.encoder.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    checkpoint = tmp_path / "model.safetensors"
+    write_safetensors(checkpoint, trained.trainable_state_dict())
+    frame = pd.DataFrame({"text": texts})
+
+    loaded = load_trained_classifier(spec, checkpoint)
+    tuned = cls_vectors(slm, frame, max_length=16, encoder=loaded.encoder)
+    pretrained = cls_vectors(slm, frame, max_length=16)
+    trained.eval()
+    with torch.no_grad():
+        from transformers import AutoTokenizer
+        batch = AutoTokenizer.from_pretrained(slm)(texts, truncation=True, max_length=16, padding=True,
+                                                   return_tensors="pt")
+        expected = trained.encoder(**batch).last_hidden_state[:, 0]
+    assert torch.allclose(tuned, expected, atol=1e-6)
+    assert not torch.allclose(tuned, pretrained, atol=1e-3)
+
+    wrong = tmp_path / "other.safetensors"
+    write_safetensors(wrong, {"head.0.weight": torch.zeros(3, 3)})
+    with pytest.raises(ArtifactError, match="other.safetensors does not fit its model spec"):
+        load_trained_classifier(spec, wrong)
+
+
+def test_features_names_whose_cls_vectors_and_is_checked():
+    from pifi.selectors import ALL_SELECTORS, SELECTORS, declared
+    from pifi.selectors.plugin_probe import reads_finetuned
+
+    finetuned = declared("plugin_probe_finetuned")
+    assert reads_finetuned(finetuned.defaults) and not reads_finetuned(declared("plugin_probe").defaults)
+    assert "plugin_probe_finetuned" in ALL_SELECTORS and "plugin_probe_finetuned" not in SELECTORS  # opt-in
+    labels = np.arange(40) % 2
+    with pytest.raises(ValueError, match="features='tuned' must be one of pretrained, finetuned"):
+        PluginProbeParams(features="tuned").check(labels)

@@ -681,6 +681,24 @@ def test_plugin_probe_trains_on_the_selection_rows_and_feeds_the_leaderboard(pro
             if len(same):  # one judge: the summary's regret, in points
                 assert row["regret"] == pytest.approx(100 * same["regret"].iloc[0], abs=0.006)
         assert "plugin_probe+loss" in board[dataset]
+    # An earlier board's dataset (another session's run of the same recipe) joins the means and the rule.
+    earlier = {**board, "datasets": ["elsewhere"], "sweeps": {"elsewhere": {**board["sweeps"][dataset],
+                                                                             "informative": True}},
+               "elsewhere": board[dataset]}
+    from pifi.artifacts import write_json
+    write_json(tmp_path / "earlier.json", {k: v for k, v in earlier.items() if k != "pifi_sha256"})
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "selectors_leaderboard.py"), str(workdir),
+                             "--out", str(out), "--merge", str(tmp_path / "earlier.json")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    grown = read_json(out)
+    assert grown["datasets"] == sorted([*board["datasets"], "elsewhere"])
+    assert grown["merged"] == {"elsewhere": {"file": "earlier.json", "git_commit": board["machine"]["git_commit"],
+                                             "date_utc": board["machine"]["date_utc"], "load": "quiet"}}
+    assert grown["elsewhere"] == board[dataset] and grown["sweeps"]["elsewhere"]["informative"]
+    informative = sum(grown["sweeps"][d]["informative"] for d in grown["datasets"])
+    assert grown["rule"]["informative_datasets"] == informative
+    assert grown["overall"]["middle"]["datasets"] == informative
 
 
 def small_project(tmp_path: Path, **run) -> tuple[Path, Path, Path]:
@@ -690,6 +708,33 @@ def small_project(tmp_path: Path, **run) -> tuple[Path, Path, Path]:
     settings["run"].update(run)
     config.write_text(yaml.safe_dump(settings, sort_keys=False))
     return workflow, workdir, config
+
+
+def test_plugin_probe_finetuned_reads_the_lowest_seeds_base_run_and_trains_it_if_no_method_does(tmp_path):
+    """features: finetuned: the CLS vectors come from the fine-tuned encoder of the base run of the lowest
+    seed, which the run trains although `base` is not among its methods; the pretrained vectors are not made."""
+    from pifi.artifacts import read_json, read_safetensors
+
+    workflow, workdir, config = small_project(tmp_path, methods=["pifi_last", "pifi_ilm"], seeds=[2, 1],
+                                              datasets=["topics"])
+    settings = yaml.safe_load(config.read_text())
+    settings["selection"]["selectors"] = ["ilm_pc_patching", "plugin_probe_finetuned"]
+    settings["selection"]["selector_params"] = {"plugin_probe_finetuned": {"epochs": 2, "inits": 1, "folds": 3}}
+    config.write_text(yaml.safe_dump(settings, sort_keys=False))
+    plan = snakemake(workflow, workdir, "--configfile", str(config), "-n")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    result = snakemake(workflow, workdir, "--configfile", str(config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    ran = executed(result.stderr)
+    assert [w for rule, w in ran if rule == "train_base"] == ["dataset=topics, slm=tiny_bert, seed=1"]
+    assert [rule for rule, _ in ran].count("cls_features_finetuned") == 1
+    assert "cls_features" not in [rule for rule, _ in ran]
+    tensors, metadata = read_safetensors(workdir / "results/features/topics/tiny_bert/cls.finetuned.safetensors")
+    assert "results/runs/topics/tiny_bert/base/seed1/model.safetensors" in metadata["encoder"]
+    samples = read_json(workdir / "results/selection/topics/tiny_bert/tiny_llama/scores/plugin_probe_finetuned.json")
+    assert len(samples["scores"]) == LLM_LAYERS and samples["params"]["features"] == "finetuned"
+    selectors = pd.read_csv(workdir / "results/summary/selectors.csv")
+    assert "plugin_probe_finetuned" in set(selectors["selector"])
 
 
 def _methods_of(path: Path) -> list[str]:

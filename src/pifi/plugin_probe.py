@@ -184,15 +184,18 @@ def score_plugged_layers(features: np.ndarray | torch.Tensor, labels: Sequence[i
 
 @torch.inference_mode()
 def cls_vectors(slm_path: str | Path, frame, *, max_length: int, batch_size: int = 64,
-                device: torch.device | str = "cpu", trust_remote_code: bool = False) -> torch.Tensor:
-    """The frozen, pretrained SLM's CLS state (what PiFi feeds its plug-in) for each row of ``frame``
-    (``text`` and, if present, ``text_pair``), tokenized as training tokenizes: N x d_slm float32."""
+                device: torch.device | str = "cpu", trust_remote_code: bool = False,
+                encoder: torch.nn.Module | None = None) -> torch.Tensor:
+    """The SLM's CLS state (what PiFi feeds its plug-in) for each row of ``frame`` (``text`` and, if present,
+    ``text_pair``), tokenized as training tokenizes: N x d_slm float32. ``encoder``: a fine-tuned encoder of
+    that SLM (a base run's, ``pifi.trained_runs.load_trained_classifier``); by default the pretrained one."""
     from transformers import AutoModel, AutoTokenizer
 
     from pifi.model_sources import LOAD_KWARGS
 
     tokenizer = AutoTokenizer.from_pretrained(slm_path, trust_remote_code=trust_remote_code)
-    encoder = AutoModel.from_pretrained(slm_path, trust_remote_code=trust_remote_code, **LOAD_KWARGS)
+    if encoder is None:
+        encoder = AutoModel.from_pretrained(slm_path, trust_remote_code=trust_remote_code, **LOAD_KWARGS)
     encoder.to(device).eval()
     texts = frame["text"].tolist()
     pairs = frame["text_pair"].tolist() if "text_pair" in frame.columns else None

@@ -12,30 +12,32 @@ from collections.abc import Mapping
 from typing import Any
 
 from pifi.config import ConfigError
-from pifi.selectors import PATCHING, SELECTORS, declared, selector_params  # each selector, where it is declared
+from pifi.selectors import ALL_SELECTORS, PATCHING, SELECTORS, declared, selector_params  # each where it is declared
 
 
 def fill_selection_defaults(config: Mapping[str, Any]) -> None:
     """PC patching's settings (selection.n_pcs, top_pc, lambdas) default to its declaration's, where the
     schema leaves them out (pifi/selectors/pc_patching.py holds them once); and selection.selectors to
-    every declared selector."""
+    every selector declared to run by default ("all": every declared one, the opt-in ones too)."""
     selection = config["selection"]
     for key, value in selector_params(PATCHING).items():
         selection.setdefault(key, list(value) if isinstance(value, tuple) else value)
     selection.setdefault("selectors", list(SELECTORS))
+    if selection["selectors"] == "all":
+        selection["selectors"] = list(ALL_SELECTORS)
 
 
 def selector_problems(selection: Mapping[str, Any]) -> list[str]:
     """Selector names and their settings that no declaration knows, each with what is there."""
     problems = []
-    choices = ", ".join(SELECTORS)
+    choices = ", ".join(ALL_SELECTORS)
     for where, name in [*(("selection.selector", name) for name in [selection.get("selector")] if name is not None),
                         *(("selection.selectors", name) for name in selection.get("selectors") or []),
                         *(("selection.selector_params", name) for name in selection.get("selector_params") or {})]:
-        if name not in SELECTORS:
+        if name not in ALL_SELECTORS:
             problems.append(f"{where}: unknown selector {name!r}; choose one of {choices}")
     for name, params in (selection.get("selector_params") or {}).items():
-        if name not in SELECTORS:
+        if name not in ALL_SELECTORS:
             continue
         if name == PATCHING:
             problems.append(f"selection.selector_params.{name}: PC patching takes n_pcs, top_pc and lambdas "

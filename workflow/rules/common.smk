@@ -19,6 +19,7 @@ from pifi import run_plan
 from pifi.provenance import code_fingerprint
 # Each selector is declared once (src/pifi/selectors/): what it reads decides its rule and score file.
 from pifi.selectors import NOTHING, PATCHING, PLUGGED, STATES, declared
+from pifi.selectors.plugin_probe import reads_finetuned
 
 REPO = Path(workflow.basedir)
 LIBRARY = REPO / "src" / "pifi"
@@ -219,6 +220,20 @@ def selection_scores(wildcards):
 
 def selector_params(wildcards):
     return SELECTION["selector_params"].get(wildcards.selector, {})
+
+
+def plugged_features(wildcards):
+    """A plugged selector's CLS vectors: the pretrained SLM's, or the fine-tuned base run's of the lowest seed
+    (settings ``features: finetuned``; rule cls_features_finetuned)."""
+    settings = declared(wildcards.selector).with_defaults(selector_params(wildcards))
+    name = "cls.finetuned" if reads_finetuned(settings) else "cls"
+    return verified(f"results/features/{wildcards.dataset}/{wildcards.slm}/{name}.safetensors")(wildcards)
+
+
+def finetuned_base_run(wildcards):
+    """The base run whose encoder gives the fine-tuned CLS vectors: the lowest seed's."""
+    run = f"results/runs/{wildcards.dataset}/{wildcards.slm}/base/seed{min(RUN['seeds'])}"
+    return {"checkpoint": verified(f"{run}/model.safetensors")(wildcards), "spec": f"{run}/model.json"}
 
 
 def planned_layers(llm):

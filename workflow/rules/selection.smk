@@ -95,9 +95,23 @@ rule cls_features:
         "../scripts/cls_features.py"
 
 
+# The same CLS vectors through the fine-tuned encoder of a base run (plugin_probe's features: finetuned).
+use rule cls_features as cls_features_finetuned with:
+    input:
+        unpack(extraction_inputs),
+        unpack(finetuned_base_run),
+        slm=slm_manifest,
+    output:
+        features="results/features/{dataset}/{slm}/cls.finetuned.safetensors",
+    log:
+        "results/logs/features/{dataset}/{slm}.finetuned.log",
+    benchmark:
+        "results/benchmarks/features/{dataset}/{slm}.finetuned.tsv"
+
+
 rule plugin_probe:
     input:
-        features=verified("results/features/{dataset}/{slm}/cls.safetensors"),
+        features=plugged_features,
         llm=checked_llm_manifest,
     output:
         scores="results/selection/{dataset}/{slm}/{llm}/scores/{selector}.json",

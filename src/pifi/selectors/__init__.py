@@ -11,6 +11,7 @@ Adding a selector = one file here + one test.
                      layer_scores)
     first, last, middle  baselines that read nothing but the number of layers (NOTHING, rule layer_scores)
     plugin_probe     the layer as PiFi uses it, from the SLM's CLS vectors and the LLM's weights (reads PLUGGED)
+    plugin_probe_finetuned  the same from the fine-tuned base run's CLS vectors (opt-in: by_default=False)
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ import numpy as np
 from pifi.selectors._declaration import (NOTHING, PLUGGED, STATES, Labels, LayerScores, Selector, States,
                                          best_layer, selection_margin, validated)
 
-__all__ = ["NOTHING", "PATCHING", "PLUGGED", "PLUGIN_PROBE", "SELECTORS", "STATES", "STATE_SELECTORS", "LayerScores",
-           "Selector", "best_layer", "declared", "score_layers", "score_layers_detailed", "score_plugged_layers",
-           "selection_margin", "selection_stability", "selector_params"]
+__all__ = ["ALL_SELECTORS", "NOTHING", "PATCHING", "PLUGGED", "PLUGIN_PROBE", "SELECTORS", "STATES",
+           "STATE_SELECTORS", "LayerScores", "Selector", "best_layer", "declared", "score_layers",
+           "score_layers_detailed", "score_plugged_layers", "selection_margin", "selection_stability", "selector_params"]
 
 
 def _discover() -> dict[str, Selector]:
@@ -47,16 +48,18 @@ def _discover() -> dict[str, Selector]:
 _REGISTRY = _discover()
 PATCHING = _REGISTRY["ilm_pc_patching"].name       # the reference experiment's score: its own rules and effects.json
 PLUGIN_PROBE = _REGISTRY["plugin_probe"].name      # CLS vectors through each layer: its own rules, per SLM
-# The default first, then by name: the order of the default comparison.
-SELECTORS: tuple[str, ...] = (PATCHING, *sorted(set(_REGISTRY) - {PATCHING}))
+# Every declared selector, the default first, then by name: the order of every comparison.
+ALL_SELECTORS: tuple[str, ...] = (PATCHING, *sorted(set(_REGISTRY) - {PATCHING}))
+# The ones computed when selection.selectors is left out (the opt-in ones cost a training run or more).
+SELECTORS: tuple[str, ...] = tuple(name for name in ALL_SELECTORS if _REGISTRY[name].by_default)
 # The ones score_layers computes from pooled states (the baselines only count their layers).
-STATE_SELECTORS: tuple[str, ...] = tuple(name for name in SELECTORS if _REGISTRY[name].reads != PLUGGED)
+STATE_SELECTORS: tuple[str, ...] = tuple(name for name in ALL_SELECTORS if _REGISTRY[name].reads != PLUGGED)
 
 
 def declared(name: str) -> Selector:
     """Selector ``name``'s declaration, or a ValueError naming the selectors there are."""
     if name not in _REGISTRY:
-        raise ValueError(f"unknown selector {name!r}; choose one of {', '.join(SELECTORS)}")
+        raise ValueError(f"unknown selector {name!r}; choose one of {', '.join(ALL_SELECTORS)}")
     return _REGISTRY[name]
 
 
@@ -73,9 +76,10 @@ def _state_selector(name: str) -> Selector:
     return selector
 
 
-def score_plugged_layers(features, labels, llm_path, *, layers=None, **params) -> list[float]:
-    """plugin_probe's score per layer (higher = better); see ``pifi.plugin_probe.score_plugged_layers``."""
-    return declared(PLUGIN_PROBE).score(features, labels, llm_path, layers=layers, **params)
+def score_plugged_layers(vectors, labels, llm_path, *, layers=None, **params) -> list[float]:
+    """plugin_probe's score per layer (higher = better) from CLS ``vectors``; see
+    ``pifi.plugin_probe.score_plugged_layers``."""
+    return declared(PLUGIN_PROBE).score(vectors, labels, llm_path, layers=layers, **params)
 
 
 def score_layers_detailed(name: str, states: States, labels: Labels, **params) -> LayerScores:

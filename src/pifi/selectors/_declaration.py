@@ -42,6 +42,7 @@ class Selector:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
     resampled: bool = True   # stability resamples rerun it on subsets of the samples (False: each would retrain)
+    by_default: bool = True  # False: computed only where selection.selectors names it (or is "all"): it costs more
     check: Callable[[Mapping[str, Any], np.ndarray], None] | None = None  # (params, labels) -> raise ValueError
 
     def __post_init__(self) -> None:
