@@ -34,7 +34,7 @@ from pifi.artifacts import read_json, read_parquet, write_json
 from pifi.hidden import load_states
 from pifi.race import RaceSettings, histories_from_files, replay
 from pifi.selectors import NOTHING, PATCHING, PLUGGED, best_layer, declared, score_layers
-from pifi.selectors.plugin_probe import reads_finetuned
+from pifi.selectors.plugin_probe import features_suffix, reads_finetuned
 from pifi.stats import in_top, kendall, spearman
 from pifi.summary import Bootstrap, is_tied, load_runs, read_selections, regret, sweep_judge
 
@@ -109,13 +109,12 @@ def dataset_entry(project: Project, judge: dict, swept: list[int], boot: Bootstr
     selection = read_json(p.selection / p.slm / p.llm / "selection.json")
     for name in selection["choices"]:
         report = p.scores(name)
-        if declared(name).reads == PLUGGED and reads_finetuned(report["params"]):  # + the base run it reads
-            seconds = (p.seconds("features", p.dataset, f"{p.slm}.finetuned.tsv")
-                       + p.seconds("runs", p.dataset, p.slm, "base", f"seed{seeds[0]}", "train.tsv")
+        if declared(name).reads == PLUGGED:  # its CLS vectors and the plug-ins it trains
+            params = report["params"]
+            seconds = (p.seconds("features", p.dataset, f"{p.slm}{features_suffix(params)}.tsv")
                        + p.seconds("selection", p.dataset, p.slm, p.llm, f"{name}.tsv"))
-        elif declared(name).reads == PLUGGED:
-            seconds = p.seconds("features", p.dataset, f"{p.slm}.tsv") + p.seconds(
-                "selection", p.dataset, p.slm, p.llm, f"{name}.tsv")
+            if reads_finetuned(params):  # + the base run whose encoder gives them
+                seconds += p.seconds("runs", p.dataset, p.slm, "base", f"seed{seeds[0]}", "train.tsv")
         elif declared(name).reads == NOTHING:
             seconds = 0.0
         else:

@@ -19,7 +19,7 @@ from pifi import run_plan
 from pifi.provenance import code_fingerprint
 # Each selector is declared once (src/pifi/selectors/): what it reads decides its rule and score file.
 from pifi.selectors import NOTHING, PATCHING, PLUGGED, STATES, declared
-from pifi.selectors.plugin_probe import reads_finetuned
+from pifi.selectors.plugin_probe import FINETUNED_SUFFIX, features_suffix
 
 REPO = Path(workflow.basedir)
 LIBRARY = REPO / "src" / "pifi"
@@ -226,8 +226,8 @@ def plugged_features(wildcards):
     """A plugged selector's CLS vectors: the pretrained SLM's, or the fine-tuned base run's of the lowest seed
     (settings ``features: finetuned``; rule cls_features_finetuned)."""
     settings = declared(wildcards.selector).with_defaults(selector_params(wildcards))
-    name = "cls.finetuned" if reads_finetuned(settings) else "cls"
-    return verified(f"results/features/{wildcards.dataset}/{wildcards.slm}/{name}.safetensors")(wildcards)
+    suffix = features_suffix(settings)
+    return verified(f"results/features/{wildcards.dataset}/{wildcards.slm}/cls{suffix}.safetensors")(wildcards)
 
 
 def finetuned_base_run(wildcards):

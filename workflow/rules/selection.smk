@@ -102,11 +102,11 @@ use rule cls_features as cls_features_finetuned with:
         unpack(finetuned_base_run),
         slm=slm_manifest,
     output:
-        features="results/features/{dataset}/{slm}/cls.finetuned.safetensors",
+        features=f"results/features/{{dataset}}/{{slm}}/cls{FINETUNED_SUFFIX}.safetensors",
     log:
-        "results/logs/features/{dataset}/{slm}.finetuned.log",
+        f"results/logs/features/{{dataset}}/{{slm}}{FINETUNED_SUFFIX}.log",
     benchmark:
-        "results/benchmarks/features/{dataset}/{slm}.finetuned.tsv"
+        f"results/benchmarks/features/{{dataset}}/{{slm}}{FINETUNED_SUFFIX}.tsv"
 
 
 rule plugin_probe:

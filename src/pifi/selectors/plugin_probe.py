@@ -71,6 +71,14 @@ def reads_finetuned(params: dict[str, Any]) -> bool:
     return params.get("features") == "finetuned"
 
 
+FINETUNED_SUFFIX = ".finetuned"  # results/features/{dataset}/{slm}/cls.finetuned.safetensors and its benchmark
+
+
+def features_suffix(params: dict[str, Any]) -> str:
+    """The suffix of the CLS vectors' files these settings read: "" (pretrained) or ``FINETUNED_SUFFIX``."""
+    return FINETUNED_SUFFIX if reads_finetuned(params) else ""
+
+
 def _check(params: dict[str, Any], labels: np.ndarray) -> None:
     PluginProbeParams(**params).check(labels)
 
